@@ -1,0 +1,5 @@
+import sys
+
+from digitlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""Small helpers shared across the package: atomic writes, JSON, devices."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in the destination's folder; rename it over ``path`` on success.
+
+    A reader never sees a half-written file: either the old content or the new.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Round-trip through JSON so numpy/torch scalars become plain Python values."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Map ``auto|cpu|cuda|cuda:N`` to a torch device; ``auto`` picks CUDA when present."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from digitlab.errors import ConfigError
+
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        from digitlab.errors import ConfigError
+
+        raise ConfigError(f"unknown device {device!r}") from exc
+
+
+def ensure_new_dir(path: str | os.PathLike[str], what: str = "output directory") -> Path:
+    """Create ``path`` as a new directory; refuse if it exists and is not empty."""
+    from digitlab.errors import RunExistsError
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunExistsError(
+            f"{what} {path} already exists; choose another --out or delete it first"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
