@@ -1,0 +1,226 @@
+"""Training configuration: a dataclass with a docstring per field, validated on creation.
+
+Load from YAML with :meth:`TrainConfig.from_yaml`, override single fields with
+:meth:`TrainConfig.override` (the CLI's flags and ``--set key=value``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from digitlab.data.augment import AugmentConfig
+from digitlab.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")
+SCHEDULES = ("constant", "step", "exponential", "plateau", "cosine", "onecycle")
+MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (together with the data)."""
+
+    model: str = "cnn-simple"
+    """Registered model name (see ``digitlab models``)."""
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the model constructor."""
+    dataset: str = "mnist"
+    """Dataset name (``mnist``, ``fashion-mnist``)."""
+    epochs: int = 10
+    """Number of passes over the training split."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (smoke runs); schedules still span ``epochs``."""
+    batch_size: int = 128
+    """Samples per optimizer step (global, across all processes)."""
+    eval_batch_size: int = 1000
+    """Samples per forward pass when evaluating."""
+    optimizer: str = "adam"
+    """One of adam, adamw, sgd (with momentum), adadelta."""
+    lr: float = 3e-3
+    """Base learning rate (peak rate for one-cycle unless ``max_lr`` is set)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam/AdamW coefficients."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    """SGD Nesterov momentum."""
+    rho: float = 0.9
+    """Adadelta decay rate."""
+    weight_decay: float = 0.0
+    """L2 penalty (Adam/SGD/Adadelta) or decoupled decay (AdamW)."""
+    schedule: str = "onecycle"
+    """LR schedule: constant, step, exponential, plateau, cosine (with warmup), onecycle."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up length for the cosine schedule, in epochs."""
+    step_epochs: int = 1
+    """Step schedule: multiply the LR by ``gamma`` every this many epochs."""
+    gamma: float = 0.7
+    """Decay factor for the step (per ``step_epochs``) and exponential (per epoch) schedules."""
+    min_lr: float = 0.0
+    """Floor of the cosine schedule."""
+    max_lr: float | None = None
+    """One-cycle peak LR (default: ``lr``)."""
+    pct_start: float = 0.25
+    """One-cycle fraction of steps spent increasing the LR."""
+    div_factor: float = 25.0
+    """One-cycle: initial LR = peak / div_factor."""
+    final_div_factor: float = 1e4
+    """One-cycle: final LR = initial / final_div_factor."""
+    plateau_monitor: str = "val_loss"
+    """Metric watched by the plateau schedule."""
+    plateau_patience: int = 3
+    """Epochs without improvement before the plateau schedule lowers the LR."""
+    plateau_factor: float = 0.5
+    """Multiplier applied to the LR on a plateau."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value."""
+    augment: AugmentConfig | None = None
+    """Batch augmentation applied to training batches (None: off)."""
+    val_fraction: float = 0.1
+    """Stratified share of the training set held out for validation."""
+    early_stopping: bool = False
+    """Stop when ``monitor`` stops improving."""
+    monitor: str = "val_loss"
+    """Metric for early stopping and best-checkpoint selection."""
+    patience: int = 5
+    """Early stopping: epochs without improvement before stopping."""
+    min_delta: float = 0.0
+    """Early stopping: minimum change that counts as an improvement."""
+    restore_best: bool = True
+    """Early stopping: end with the weights of the best epoch."""
+    seed: int = 0
+    """Seed for initialisation, split, shuffling, augmentation and dropout."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    deterministic: bool = True
+    """Use deterministic algorithms (exact resume; slightly slower on GPU)."""
+    channels_last: bool = False
+    """Use the channels-last memory format for conv nets."""
+    checkpoint_every: int = 0
+    """Also save resumable state every N steps (0: only at epoch ends)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files in the run directory."""
+    cv_folds: int = 0
+    """scikit-learn baselines: run k-fold stratified cross-validation (0: off)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
+            (self.step_epochs >= 1, f"step_epochs must be >= 1, got {self.step_epochs}"),
+            (0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}"),
+            (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.monitor in MONITORS, f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"),
+            (self.plateau_monitor in MONITORS, f"plateau_monitor must be one of {', '.join(MONITORS)}"),
+            (0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}"),
+            (self.patience >= 0 and self.plateau_patience >= 0, "patience values must be >= 0"),
+            (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
+            (self.cv_folds == 0 or self.cv_folds >= 2, f"cv_folds must be 0 or >= 2, got {self.cv_folds}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        needs_val = self.early_stopping or self.schedule == "plateau"
+        uses_val = self.monitor.startswith("val") or self.plateau_monitor.startswith("val")
+        if needs_val and uses_val and self.val_fraction == 0:
+            raise ConfigError("early stopping / plateau on a val_* metric needs val_fraction > 0")
+
+    # --- (de)serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"bad config: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def override(self, **changes: Any) -> TrainConfig:
+        """A copy with fields replaced (``None`` values are ignored); validated again."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        data = self.to_dict()
+        for key, value in changes.items():
+            if "." in key:  # nested, e.g. augment.rotation=15
+                head, tail = key.split(".", 1)
+                if head != "augment":
+                    raise ConfigError(f"unknown config key {key!r}")
+                data["augment"] = {**(data.get("augment") or AugmentConfig().to_dict()), tail: value}
+            else:
+                data[key] = value
+        return TrainConfig.from_dict(data)
+
+
+def parse_set_option(items: list[str]) -> dict[str, Any]:
+    """``["lr=0.01", "augment.rotation=15"]`` → dict with YAML-typed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def config_fields_help() -> dict[str, str]:
+    """Field name → first line of its docstring (for ``--help`` and docs)."""
+    import ast
+    import inspect
+
+    src = inspect.getsource(TrainConfig)
+    tree = ast.parse(src)
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value).strip()  # type: ignore[attr-defined]
+    return docs
+
+
+__all__ = ["TrainConfig", "parse_set_option", "config_fields_help", "dataclasses"]

@@ -1,0 +1,321 @@
+"""The one training loop: ``fit(model, splits, config, callbacks)``.
+
+Every source of randomness is a pure function of ``(seed, step)`` — batch order
+per epoch, augmentation per batch, dropout per step — so a run resumed from any
+saved step ends with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from digitlab.data.augment import BatchAugmenter
+from digitlab.data.batches import BatchIterator, derive_seed, iterate_eval
+from digitlab.data.splits import DataSplits, Split
+from digitlab.train.callbacks import Callback
+from digitlab.train.config import TrainConfig
+from digitlab.train.schedules import lr_at
+from digitlab.train.state_io import load_state, save_state
+from digitlab.utils import resolve_device
+
+RESUME_FILE = "resume.safetensors"
+
+
+@dataclass
+class TrainState:
+    """Progress of a run; saved with the weights for resuming."""
+
+    epoch: int = 0
+    """Current epoch (0-based)."""
+    batch: int = 0
+    """Next batch index within the current epoch."""
+    step: int = 0
+    """Optimizer steps taken so far."""
+    lr: float = 0.0
+    lr_scale: float = 1.0
+    """Factor applied by ReduceLROnPlateau."""
+    train_seconds: float = 0.0
+    """Wall time spent in the loop (training + per-epoch validation)."""
+    epoch_loss_sum: float = 0.0
+    epoch_correct: float = 0.0
+    epoch_count: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    train_seconds: float
+    steps: int
+    epochs_completed: int
+    stop_reason: str | None
+    notes: dict[str, Any]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=cfg.lr, rho=cfg.rho, weight_decay=cfg.weight_decay)
+    raise ValueError(cfg.optimizer)
+
+
+def default_callbacks(cfg: TrainConfig) -> list[Callback]:
+    """Callbacks implied by the config (early stopping, plateau schedule)."""
+    from digitlab.train.callbacks import EarlyStopping, ReduceLROnPlateau
+
+    out: list[Callback] = []
+    if cfg.schedule == "plateau":
+        out.append(ReduceLROnPlateau(cfg.plateau_monitor, cfg.plateau_patience, cfg.plateau_factor))
+    if cfg.early_stopping:
+        out.append(EarlyStopping(cfg.monitor, cfg.patience, cfg.min_delta, cfg.restore_best))
+    return out
+
+
+@torch.inference_mode()
+def evaluate_split(model: nn.Module, split: Split, batch_size: int = 1000,
+                   channels_last: bool = False) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=split.labels.device)
+    correct = torch.zeros((), device=split.labels.device)
+    for start, x in zip(range(0, len(split), batch_size), iterate_eval(split.images, batch_size)):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = split.labels[start:start + batch_size]
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = max(1, len(split))
+    return {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
+
+
+class Trainer:
+    """Runs the loop; holds model, optimizer, state and callbacks."""
+
+    def __init__(self, model: nn.Module, splits: DataSplits, config: TrainConfig,
+                 callbacks: list[Callback] | None = None, run_dir: str | Path | None = None,
+                 device: torch.device | str | None = None, rank: int = 0, world_size: int = 1) -> None:
+        self.config = cfg = config
+        self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.raw_model = model.to(self.device)
+        if cfg.channels_last:
+            self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
+        self.model = self.raw_model
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(self.raw_model)
+        self.train_split = splits.train.to(self.device)
+        self.val_split = splits.val.to(self.device) if splits.val is not None else None
+        self.run_dir = Path(run_dir) if run_dir else None
+        all_callbacks = default_callbacks(cfg) + list(callbacks or [])
+        self.callbacks = [cb for cb in all_callbacks if self.is_main or not cb.main_only]
+        self.uses_gradient = getattr(model, "uses_gradient", True)
+        self.optimizer = build_optimizer(self.raw_model, cfg) if self.uses_gradient else None
+        augment = BatchAugmenter(cfg.augment) if cfg.augment is not None else None
+        self.batches = BatchIterator(self.train_split, cfg.batch_size, shuffle=True, augment=augment,
+                                     seed=cfg.seed, rank=rank, world_size=world_size)
+        self.steps_per_epoch = len(self.batches)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.state = TrainState()
+        self.stop_reason: str | None = None
+        self.notes: dict[str, Any] = {}
+        self._fresh = True
+
+    # --- callbacks ------------------------------------------------------
+    def emit(self, event: str, **payload: Any) -> None:
+        for cb in self.callbacks:
+            hook = getattr(cb, f"on_{event}", None)
+            if hook is not None:
+                hook(self, **payload)
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
+
+    def running_metrics(self) -> tuple[float, float]:
+        n = max(1.0, float(self._count))
+        return float(self._loss_sum) / n, float(self._correct) / n
+
+    # --- resumable state ------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        self._sync_accumulators()
+        return {
+            "train_state": asdict(self.state),
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks if cb.state_dict()},
+            "stop_reason": self.stop_reason,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from digitlab.train.checkpoint import _resize_buffers
+
+        model_state = state["model"]
+        _resize_buffers(self.raw_model, model_state)
+        self.raw_model.load_state_dict(model_state)
+        if self.optimizer is not None and state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.state = TrainState(**state["train_state"])
+        for cb in self.callbacks:
+            if cb.name in state.get("callbacks", {}):
+                cb.load_state_dict(state["callbacks"][cb.name])
+        self.stop_reason = state.get("stop_reason")
+        self._fresh = False
+
+    def save_resume(self) -> None:
+        if self.run_dir is not None and self.is_main:
+            save_state(self.run_dir / RESUME_FILE, self.state_dict())
+
+    def resume_from(self, run_dir: str | Path) -> None:
+        self.load_state_dict(load_state(Path(run_dir) / RESUME_FILE))
+
+    # --- the loop -------------------------------------------------------
+    def _sync_accumulators(self) -> None:
+        if hasattr(self, "_loss_sum"):
+            self.state.epoch_loss_sum = float(self._loss_sum)
+            self.state.epoch_correct = float(self._correct)
+            self.state.epoch_count = float(self._count)
+
+    def _reset_accumulators(self) -> None:
+        dev = self.device
+        self._loss_sum = torch.tensor(self.state.epoch_loss_sum, dtype=torch.float64, device=dev)
+        self._correct = torch.tensor(self.state.epoch_correct, dtype=torch.float64, device=dev)
+        self._count = torch.tensor(self.state.epoch_count, dtype=torch.float64, device=dev)
+
+    def fit(self) -> FitResult:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self._fresh and hasattr(self.raw_model, "prepare"):
+            self.raw_model.prepare(self.train_split.images.cpu(), self.train_split.labels.cpu())
+            self.raw_model.to(self.device)
+        if not self.uses_gradient:
+            return self._fit_estimator()
+        self.emit("fit_start")
+        try:
+            while (self.state.epoch < cfg.epochs and not self.state.finished
+                   and self.stop_reason is None):
+                self._run_epoch()
+        except KeyboardInterrupt:
+            self.emit("interrupt")
+            self.save_resume()
+            raise
+        self.state.finished = True
+        self.emit("fit_end")
+        self.save_resume()
+        return FitResult(self.state.history, self.state.train_seconds, self.state.step,
+                         self.state.epoch, self.stop_reason, self.notes)
+
+    def _run_epoch(self) -> None:
+        cfg, state, model = self.config, self.state, self.model
+        self.batches.set_epoch(state.epoch)
+        self._reset_accumulators()
+        self.emit("epoch_start")
+        model.train()
+        t0 = time.perf_counter()
+        for x, y in self.batches.iter_from(state.batch):
+            # dropout & co. draw from the global RNG: make it a function of the step
+            torch.manual_seed(derive_seed(cfg.seed, state.step, 2))
+            state.lr = lr_at(cfg, state.step, self.steps_per_epoch, self.total_steps) * state.lr_scale
+            for group in self.optimizer.param_groups:
+                group["lr"] = state.lr
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            with torch.no_grad():
+                n = y.numel()
+                self._loss_sum += loss.detach().double() * n
+                self._correct += (logits.detach().argmax(1) == y).sum()
+                self._count += n
+            state.step += 1
+            state.batch += 1
+            self.emit("step_end", loss=loss.detach(), batch_size=n)
+            if cfg.max_steps is not None and state.step >= cfg.max_steps:
+                self.request_stop(f"max_steps={cfg.max_steps} reached")
+                break
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                state.train_seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self.save_resume()
+        train_loss, train_acc = self._reduced_train_metrics()
+        metrics: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
+                                   "train_loss": train_loss, "train_accuracy": train_acc,
+                                   "val_loss": None, "val_accuracy": None}
+        if self.val_split is not None and len(self.val_split):
+            val = evaluate_split(self.raw_model, self.val_split, cfg.eval_batch_size, cfg.channels_last)
+            metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
+        state.train_seconds += time.perf_counter() - t0
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        state.epoch += 1
+        state.batch = 0
+        state.epoch_loss_sum = state.epoch_correct = state.epoch_count = 0.0
+        state.history.append(metrics)
+        self.emit("epoch_end", metrics=metrics)
+        if state.epoch < cfg.epochs and self.stop_reason is None:
+            self.save_resume()
+
+    def _reduced_train_metrics(self) -> tuple[float, float]:
+        sums = torch.stack([self._loss_sum, self._correct, self._count])
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+        n = max(1.0, float(sums[2]))
+        return float(sums[0]) / n, float(sums[1]) / n
+
+    def _fit_estimator(self) -> FitResult:
+        t0 = time.perf_counter()
+        self.raw_model.fit_estimator(self.train_split.images.cpu(), self.train_split.labels.cpu())
+        self.raw_model.to(self.device)
+        seconds = time.perf_counter() - t0
+        tr = evaluate_split(self.raw_model, self.train_split, self.config.eval_batch_size)
+        metrics: dict[str, Any] = {"epoch": 1, "step": 0, "lr": 0.0, "train_loss": tr["loss"],
+                                   "train_accuracy": tr["accuracy"], "val_loss": None, "val_accuracy": None,
+                                   "epoch_seconds": seconds}
+        if self.val_split is not None and len(self.val_split):
+            val = evaluate_split(self.raw_model, self.val_split, self.config.eval_batch_size)
+            metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
+        self.state.history.append(metrics)
+        self.state.epoch, self.state.train_seconds, self.state.finished = 1, seconds, True
+        self.emit("epoch_end", metrics=metrics)
+        self.emit("fit_end")
+        return FitResult(self.state.history, seconds, 0, 1, None, self.notes)
+
+
+def fit(model: nn.Module, splits: DataSplits, config: TrainConfig,
+        callbacks: list[Callback] | None = None, run_dir: str | Path | None = None,
+        resume: bool = False, device: torch.device | str | None = None) -> FitResult:
+    """Train ``model`` on ``splits`` as ``config`` says; see :class:`Trainer`."""
+    trainer = Trainer(model, splits, config, callbacks, run_dir=run_dir, device=device)
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume needs run_dir")
+        trainer.resume_from(run_dir)
+    return trainer.fit()

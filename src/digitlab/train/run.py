@@ -1,0 +1,135 @@
+"""A training run on disk: config → run directory with checkpoint, history, logs.
+
+Layout of a run directory::
+
+    config.yaml         the resolved TrainConfig
+    model.safetensors   final weights + metadata (model name/kwargs, config, metrics, …)
+    meta.json           the same metadata, readable
+    history.csv         per-epoch metrics
+    tensorboard/        TensorBoard event files
+    resume.safetensors  resumable state while the run is unfinished
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from digitlab.errors import CheckpointError
+from digitlab.train.callbacks import Callback, History, ProgressBar, TensorBoardLogger
+from digitlab.train.checkpoint import META_FILE, build_meta, save_run_checkpoint
+from digitlab.train.config import TrainConfig
+from digitlab.train.loop import RESUME_FILE, FitResult, Trainer, evaluate_split
+from digitlab.utils import ensure_new_dir, resolve_device, write_text_atomic
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path | None
+    metrics: dict[str, Any]
+    meta: dict[str, Any]
+    fit: FitResult
+    model: torch.nn.Module
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    return TrainConfig.from_yaml(path)
+
+
+def train_run(
+    config: TrainConfig,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    resume: bool = False,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    callbacks: list[Callback] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    dataset: Any = None,
+) -> RunResult:
+    """Train as ``config`` says, writing a run directory at ``out`` (None: in memory only).
+
+    ``resume=True`` continues the unfinished run in ``out`` with its saved config.
+    """
+    from digitlab.data import load_dataset, make_splits
+    from digitlab.models import create_model
+
+    is_main = rank == 0
+    run_dir = Path(out) if out is not None else None
+    if resume:
+        if run_dir is None:
+            raise CheckpointError("--resume needs the run directory")
+        if (run_dir / META_FILE).is_file() and not (run_dir / RESUME_FILE).is_file():
+            raise CheckpointError(f"{run_dir}: run already finished; nothing to resume")
+        if not (run_dir / RESUME_FILE).is_file():
+            raise CheckpointError(f"{run_dir}: no {RESUME_FILE}; cannot resume")
+        config = load_run_config(run_dir)
+    elif run_dir is not None and is_main:
+        ensure_new_dir(run_dir, "run directory")
+        write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
+
+    ds = dataset if dataset is not None else load_dataset(config.dataset, data_dir, progress=progress and is_main)
+    splits = make_splits(ds, config.val_fraction, config.seed)
+    device = resolve_device(config.device)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.manual_seed(config.seed)  # initialisation is part of the seed's promise
+    model = create_model(config.model, **config.model_kwargs)
+
+    cbs: list[Callback] = []
+    if run_dir is not None:
+        cbs.append(History(run_dir / "history.csv"))
+        if config.tensorboard:
+            cbs.append(TensorBoardLogger(run_dir / "tensorboard"))
+    if progress:
+        cbs.append(ProgressBar())
+    cbs.extend(callbacks or [])
+    trainer = Trainer(model, splits, config, cbs, run_dir=run_dir, device=device,
+                      rank=rank, world_size=world_size)
+    if resume:
+        trainer.resume_from(run_dir)
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    total_seconds = time.perf_counter() - t0
+
+    model = trainer.raw_model.eval()
+    test = evaluate_split(model, splits.test.to(device), config.eval_batch_size)
+    last = result.history[-1] if result.history else {}
+    metrics: dict[str, Any] = {
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"),
+        "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
+        "train_seconds": result.train_seconds, "fit_seconds": total_seconds,
+        "epochs_completed": result.epochs_completed, "steps": result.steps,
+        "stop_reason": result.stop_reason, **result.notes,
+    }
+    if config.cv_folds and not getattr(model, "uses_gradient", True):
+        from digitlab.models.baselines import cross_validate_estimator
+
+        metrics["cross_validation"] = cross_validate_estimator(
+            config.model, ds.train_images, ds.train_labels, folds=config.cv_folds, seed=config.seed,
+            **config.model_kwargs)
+    meta = build_meta(model, config=config.to_dict(), metrics=metrics, data={
+        "dataset": ds.name, "checksums": ds.checksums, "val_fraction": config.val_fraction,
+        "split_seed": config.seed, "train_count": len(splits.train),
+        "val_count": len(splits.val) if splits.val is not None else 0, "test_count": len(splits.test),
+    }, extra={"history": result.history, "device": str(device), "world_size": world_size})
+    if run_dir is not None and is_main:
+        save_run_checkpoint(run_dir, model, meta)
+        (run_dir / RESUME_FILE).unlink(missing_ok=True)
+    return RunResult(run_dir, metrics, meta, result, model)

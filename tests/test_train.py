@@ -1,0 +1,292 @@
+"""Training engine: schedules, config, callbacks, the loop, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from digitlab.data import Dataset
+from digitlab.errors import ConfigError, RunExistsError
+from digitlab.models import create_model, list_models, model_info
+from digitlab.train import (
+    EarlyStopping,
+    LambdaCallback,
+    ReduceLROnPlateau,
+    TrainConfig,
+    load_checkpoint,
+    lr_at,
+    one_cycle,
+    train_run,
+)
+from digitlab.train.recipes import list_recipes, load_config
+
+
+@pytest.fixture(scope="module")
+def small(mnist) -> Dataset:
+    """3,000 training and 1,000 test images of real MNIST: fast but meaningful."""
+    return Dataset(mnist.name, mnist.spec, mnist.source, mnist.train_images[:3000],
+                   mnist.train_labels[:3000], mnist.test_images[:1000], mnist.test_labels[:1000],
+                   mnist.checksums)
+
+
+# --- schedules ---------------------------------------------------------------
+
+def test_one_cycle_matches_torch_onecyclelr():
+    total, peak = 137, 0.01
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total, pct_start=0.25,
+                                                cycle_momentum=False)
+    for step in range(total):
+        assert one_cycle(step, total, peak, 0.25) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
+        opt.step()
+        sched.step()
+
+
+def test_schedules_are_pure_functions_of_the_step():
+    cfg = TrainConfig(schedule="step", lr=1.0, gamma=0.5, step_epochs=2)
+    assert [lr_at(cfg, s * 10, 10, 100) for s in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    cfg = TrainConfig(schedule="exponential", lr=1.0, gamma=0.5)
+    assert lr_at(cfg, 25, 10, 100) == 0.25
+    cfg = TrainConfig(schedule="cosine", lr=1.0, warmup_epochs=1, min_lr=0.0)
+    assert lr_at(cfg, 0, 10, 110) == pytest.approx(0.1)  # warm-up: (step+1)/warmup
+    assert lr_at(cfg, 9, 10, 110) == pytest.approx(1.0)
+    assert lr_at(cfg, 60, 10, 110) == pytest.approx(0.5)  # halfway through the cosine
+    assert lr_at(cfg, 110, 10, 110) == pytest.approx(0.0)
+    assert lr_at(TrainConfig(schedule="constant", lr=0.3), 999, 10, 100) == 0.3
+
+
+# --- config ------------------------------------------------------------------
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ConfigError, match="augment.rotation"):
+        TrainConfig().override(**{"augment.rotation": -5})
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = TrainConfig(model="lenet5", lr=0.01, betas=(0.8, 0.99), augment={"rotation": 12, "shift": 0.05},
+                      grad_clip=1.0, schedule="cosine", warmup_epochs=0.5)
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = TrainConfig.from_yaml(path)
+    assert again == cfg
+    assert again.augment.rotation == 12
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_shipped_recipe_loads_and_names_a_registered_model(name):
+    cfg = load_config(name)
+    assert model_info(cfg.model).name == cfg.model
+    assert cfg.model == name  # one recipe per model, named after it
+
+
+def test_bad_yaml_is_a_config_error(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        TrainConfig.from_yaml(p)
+
+
+# --- callbacks (unit level, on a stand-in trainer) -------------------------------
+
+class _FakeTrainer:
+    def __init__(self):
+        self.raw_model = torch.nn.Linear(2, 1)
+        self.stop = None
+        self.notes = {}
+        self.state = type("S", (), {"lr_scale": 1.0})()
+
+    def request_stop(self, reason):
+        self.stop = reason
+
+
+def test_early_stopping_stops_and_restores_best_weights():
+    tr, es = _FakeTrainer(), EarlyStopping("val_loss", patience=2)
+    losses = [1.0, 0.4, 0.6, 0.7, 0.8]
+    snapshots = []
+    for epoch, loss in enumerate(losses, 1):
+        with torch.no_grad():
+            tr.raw_model.weight.fill_(epoch)
+        snapshots.append(tr.raw_model.weight.clone())
+        es.on_epoch_end(tr, {"epoch": epoch, "val_loss": loss})
+        if tr.stop:
+            break
+    assert epoch == 5 and es.best_epoch == 2 and "did not improve" in tr.stop
+    es.on_fit_end(tr)
+    assert torch.equal(tr.raw_model.weight, snapshots[1])
+
+
+def test_plateau_lowers_the_lr_after_patience():
+    tr, cb = _FakeTrainer(), ReduceLROnPlateau("val_loss", patience=1, factor=0.5)
+    for epoch, loss in enumerate([1.0, 0.9, 0.95, 0.96, 0.97, 0.98], 1):
+        cb.on_epoch_end(tr, {"epoch": epoch, "val_loss": loss})
+    assert tr.state.lr_scale == 0.25  # two reductions: after epochs 4 and 6
+
+
+# --- the loop on real data -------------------------------------------------------
+
+def test_overfits_one_batch(small):
+    x = Dataset(small.name, small.spec, small.source, small.train_images[:64], small.train_labels[:64],
+                small.test_images[:64], small.test_labels[:64])
+    cfg = TrainConfig(model="mlp-basic-128", epochs=150, batch_size=64, lr=3e-3, schedule="constant",
+                      val_fraction=0, tensorboard=False)
+    result = train_run(cfg, None, progress=False, dataset=x)
+    assert result.metrics["train_accuracy"] == 1.0
+    assert result.metrics["train_loss"] < 0.05
+
+
+def test_plateau_schedule_changes_the_lr_in_the_loop(small):
+    cfg = TrainConfig(model="mlp-basic-128", epochs=4, batch_size=500, lr=1e-6, schedule="plateau",
+                      plateau_patience=0, plateau_factor=0.5, plateau_monitor="val_accuracy",
+                      tensorboard=False)
+    result = train_run(cfg, None, progress=False, dataset=small)
+    lrs = [h["lr"] for h in result.fit.history]
+    assert lrs[0] == pytest.approx(1e-6) and lrs[-1] < lrs[0]
+
+
+def test_early_stopping_in_the_loop_restores_best_epoch(small):
+    # lr so large the model gets worse after its first epoch: best epoch is early
+    cfg = TrainConfig(model="mlp-basic-128", epochs=8, batch_size=100, lr=0.5, schedule="constant",
+                      optimizer="sgd", momentum=0.0, early_stopping=True, patience=1,
+                      monitor="val_accuracy", tensorboard=False)
+    result = train_run(cfg, None, progress=False, dataset=small)
+    hist = result.fit.history
+    best = max(range(len(hist)), key=lambda i: hist[i]["val_accuracy"])
+    assert result.metrics["restored_best_epoch"] == best + 1
+    from digitlab.data import make_splits
+    from digitlab.train import evaluate_split
+
+    val = make_splits(small, cfg.val_fraction, cfg.seed).val
+    assert evaluate_split(result.model, val)["accuracy"] == pytest.approx(hist[best]["val_accuracy"])
+
+
+def test_run_directory_contents_and_checkpoint_round_trip(small, tmp_path):
+    cfg = TrainConfig(model="cnn-simple", epochs=2, batch_size=128, max_steps=30, augment={"rotation": 10})
+    run = tmp_path / "run"
+    result = train_run(cfg, run, progress=False, dataset=small)
+    assert {"config.yaml", "model.safetensors", "meta.json", "history.csv", "tensorboard"} <= {
+        p.name for p in run.iterdir()}
+    assert not (run / "resume.safetensors").exists()
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    # 2,700 training images / 128 = 22 steps per epoch: 30 steps end inside epoch 2
+    rows = (run / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[2].startswith("2,30,")
+    model, meta = load_checkpoint(run)
+    assert meta["model"] == "cnn-simple" and meta["config"]["augment"]["rotation"] == 10
+    assert meta["data"]["checksums"] == small.checksums
+    assert meta["metrics"]["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model.eval()(x))
+    with pytest.raises(RunExistsError):
+        train_run(cfg, run, progress=False, dataset=small)
+
+
+# --- resume ------------------------------------------------------------------------
+
+def _resume_cfg(**kw):
+    # dropout (cnn-simple), augmentation and a schedule exercise every RNG and state
+    base = dict(model="cnn-simple", epochs=2, batch_size=100, checkpoint_every=7,
+                augment={"rotation": 10, "shift": 0.1}, tensorboard=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_after_ctrl_c_matches_uninterrupted_run(small, tmp_path):
+    full = train_run(_resume_cfg(), tmp_path / "full", progress=False, dataset=small)
+
+    def interrupt(trainer, **_):
+        if trainer.state.step == 33:  # mid-epoch, between checkpoints
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(_resume_cfg(), tmp_path / "cut", progress=False, dataset=small,
+                  callbacks=[LambdaCallback(step_end=interrupt)])
+    assert (tmp_path / "cut" / "resume.safetensors").exists()
+    resumed = train_run(None, tmp_path / "cut", resume=True, progress=False, dataset=small)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert resumed.metrics["test_accuracy"] == full.metrics["test_accuracy"]
+    assert [h["train_loss"] for h in resumed.fit.history] == pytest.approx(
+        [h["train_loss"] for h in full.fit.history], rel=1e-9)
+
+
+def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path):
+    """A real process killed with SIGKILL mid-run, resumed with the CLI."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["--model", "mlp-128-64", "--epochs", "1", "--max-steps", "80", "--batch-size", "64",
+            "--set", "checkpoint_every=10", "--set", "tensorboard=false", "--no-progress", "--json"]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "digitlab", "train", *args, "--out", str(cut)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (cut / "resume.safetensors").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "model.safetensors").exists()
+    out = subprocess.run([sys.executable, "-m", "digitlab", "train", "--resume", str(cut), "--json",
+                          "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    full = subprocess.run([sys.executable, "-m", "digitlab", "train", *args, "--out", str(tmp_path / "full")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    a, _ = load_checkpoint(cut)
+    b, _ = load_checkpoint(tmp_path / "full")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_resume_refuses_a_finished_run(small, tmp_path):
+    from digitlab.errors import CheckpointError
+
+    train_run(TrainConfig(model="mlp-basic-128", epochs=1, max_steps=3, tensorboard=False), tmp_path / "r",
+              progress=False, dataset=small)
+    with pytest.raises(CheckpointError, match="already finished"):
+        train_run(None, tmp_path / "r", resume=True, progress=False, dataset=small)
+
+
+# --- CLI ---------------------------------------------------------------------------
+
+def test_cli_train_then_refuse_overwrite(tmp_path, capsys):
+    from digitlab.cli import main
+
+    out = tmp_path / "a"
+    assert main(["train", "--model", "mlp-basic-128", "--max-steps", "5", "--out", str(out), "--json",
+                 "--set", "tensorboard=false"]) == 0
+    assert '"test_accuracy"' in capsys.readouterr().out
+    assert main(["train", "--model", "mlp-basic-128", "--max-steps", "5", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["train", "--model", "mlp-basic-128", "--set", "lr"]) == 2
+    assert main(["train", "--config", "no-such-recipe"]) == 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["max_steps"] == 5
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if model_info(n).uses_gradient])
+def test_every_gradient_model_takes_training_steps(name, small):
+    """Each registered model trains for a few steps through the real loop without NaNs."""
+    micro = Dataset(small.name, small.spec, small.source, small.train_images[:64], small.train_labels[:64],
+                    small.test_images[:32], small.test_labels[:32])
+    cfg = TrainConfig(model=name, epochs=1, max_steps=2, batch_size=32, val_fraction=0, tensorboard=False)
+    result = train_run(cfg, None, progress=False, dataset=micro)
+    assert result.metrics["steps"] == 2
+    assert torch.isfinite(torch.tensor(result.metrics["train_loss"]))
+    params = torch.cat([p.detach().flatten() for p in result.model.parameters()])
+    assert torch.isfinite(params).all()
+    fresh = create_model(name)
+    assert sum(p.numel() for p in fresh.parameters()) == params.numel()
