@@ -82,7 +82,18 @@ def run(args: argparse.Namespace) -> int:
             out = str(default_run_dir(cfg))
     progress = not args.no_progress and not args.json
     try:
-        if args.nproc > 1:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+            from digitlab.train.distributed import init_from_env
+
+            rank, world = init_from_env()
+            result = train_run(cfg, out, resume=bool(args.resume), data_dir=args.data_dir,
+                               progress=progress and rank == 0, rank=rank, world_size=world)
+            metrics, run_dir = result.metrics, result.run_dir
+            if rank != 0:
+                return 0
+        elif args.nproc > 1:
             from digitlab.train.distributed import train_distributed
 
             metrics, run_dir = train_distributed(cfg, out, nproc=args.nproc, resume=bool(args.resume),
