@@ -1,0 +1,60 @@
+"""Probability-averaging ensembles, optionally with test-time augmentation (small shifts)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from digitlab.data.batches import iterate_eval
+
+#: Test-time shifts in pixels (dx, dy): the identity and the four one-pixel neighbours.
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Translate a float batch by whole pixels, filling with zeros (background)."""
+    if dx == 0 and dy == 0:
+        return x
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[..., yd, xd] = x[..., ys, xs]
+    return out
+
+
+@torch.inference_mode()
+def predict_proba(model: torch.nn.Module, images_u8: torch.Tensor, tta: bool = False,
+                  batch_size: int = 1000) -> torch.Tensor:
+    shifts = TTA_SHIFTS if tta else ((0, 0),)
+    out = []
+    for x in iterate_eval(images_u8, batch_size):
+        probs = sum(F.softmax(model(shift_images(x, dx, dy)).float(), 1) for dx, dy in shifts)
+        out.append(probs / len(shifts))
+    return torch.cat(out)
+
+
+def ensemble_runs(sources: list[str], dataset: str = "mnist", data_dir: str | None = None,
+                  split: str = "test", tta: bool = False) -> dict:
+    from digitlab.data import load_dataset
+    from digitlab.train.checkpoint import load_checkpoint
+
+    ds = load_dataset(dataset, data_dir, progress=False)
+    images, labels = ds.split(split)
+    members, total, total_tta = [], None, None
+    for src in sources:
+        model, meta = load_checkpoint(src)
+        probs = predict_proba(model, images)
+        members.append({"source": str(src), "model": meta["model"],
+                        "accuracy": float((probs.argmax(1) == labels).float().mean())})
+        total = probs if total is None else total + probs
+        if tta:
+            p_tta = predict_proba(model, images, tta=True)
+            members[-1]["tta_accuracy"] = float((p_tta.argmax(1) == labels).float().mean())
+            total_tta = p_tta if total_tta is None else total_tta + p_tta
+    result = {"split": split, "n": int(labels.numel()), "members": members,
+              "accuracy": float((total.argmax(1) == labels).float().mean()),
+              "member_accuracy_mean": sum(m["accuracy"] for m in members) / len(members)}
+    result["tta_accuracy"] = (float((total_tta.argmax(1) == labels).float().mean())
+                              if total_tta is not None else None)
+    return result

@@ -1,0 +1,150 @@
+"""``digitlab bench``: train a recipe once per seed, time it, report mean ± std.
+
+``train_seconds`` is the training loop only (no data loading, no evaluation);
+``total_seconds`` is the whole run including loading the dataset, building the
+model and scoring the test set. ``run_bench_vs`` alternates two recipes seed by
+seed, so both see the same machine state, and reports the ratio of medians.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from digitlab.bench.plain import PLAIN, REFERENCE, PlainRecipe, train_plain
+from digitlab.errors import ConfigError
+from digitlab.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    config: TrainConfig | None = None
+    plain: PlainRecipe | None = None
+
+
+def _engine(name: str, description: str, **cfg: Any) -> Recipe:
+    base = dict(val_fraction=0.0, tensorboard=False, device="auto")
+    return Recipe(name, description, config=TrainConfig(**{**base, **cfg}))
+
+
+RECIPES: dict[str, Recipe] = {
+    "plain": Recipe("plain", PLAIN.description, plain=PLAIN),
+    "reference": Recipe("reference", REFERENCE.description, plain=REFERENCE),
+    "fast": _engine(
+        "fast", "digitlab engine: fast-cnn (BN, 2 conv stages), resident uint8 tensor, batch 256, "
+        "Adam betas (0.8, 0.95) one-cycle to 0.02, label smoothing 0.05, 1 epoch",
+        model="fast-cnn", epochs=1, batch_size=256, optimizer="adam", lr=0.02, betas=(0.8, 0.95),
+        schedule="onecycle", pct_start=0.25, label_smoothing=0.05, deterministic=False,
+    ),
+    "best": _engine(
+        "best", "best-cnn (VGG-style, BN, 3 stages), 30 epochs, batch 128, AdamW + one-cycle 3e-3, "
+        "label smoothing 0.1, augmentation (rotation 12°, zoom 0.12, shift 0.1, shear 8°, elastic), "
+        "final epoch (no selection on test)",
+        model="best-cnn", epochs=30, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
+        schedule="onecycle", pct_start=0.2, label_smoothing=0.1, deterministic=False,
+        augment={"rotation": 12, "zoom": 0.12, "shift": 0.1, "shear": 8, "elastic_alpha": 1.5,
+                 "elastic_sigma": 3.0},
+    ),
+}
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return info
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}") from None
+
+
+def run_once(recipe: Recipe, seed: int, dataset: Any = None, data_dir: str | None = None,
+             epochs: int | None = None, out: str | None = None) -> dict[str, Any]:
+    """Train ``recipe`` with ``seed``; returns test accuracy and timings."""
+    from digitlab.data import load_dataset
+
+    t0 = time.perf_counter()
+    ds = dataset if dataset is not None else load_dataset("mnist", data_dir, progress=False)
+    if recipe.plain is not None:
+        result = train_plain(recipe.plain, ds, seed, epochs=epochs)
+        result["total_seconds"] = time.perf_counter() - t0
+        return {"seed": seed, **result}
+    from digitlab.train.run import train_run
+
+    cfg = recipe.config.override(seed=seed, epochs=epochs)
+    run_dir = os.path.join(out, f"{recipe.name}-seed{seed}") if out else None
+    res = train_run(cfg, run_dir, dataset=ds, progress=False)
+    return {"seed": seed, "test_accuracy": res.metrics["test_accuracy"],
+            "train_seconds": res.metrics["train_seconds"], "total_seconds": time.perf_counter() - t0,
+            "epochs": res.metrics["epochs_completed"], "run_dir": run_dir}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def stats(key: str) -> dict[str, float]:
+        values = [r[key] for r in runs]
+        return {"mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    return {"test_accuracy": stats("test_accuracy"), "train_seconds": stats("train_seconds"),
+            "total_seconds": stats("total_seconds")}
+
+
+def run_bench(name: str, seeds: int = 1, first_seed: int = 0, data_dir: str | None = None,
+              epochs: int | None = None, out: str | None = None,
+              on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    from digitlab.data import load_dataset
+
+    recipe = get_recipe(name)
+    ds = load_dataset("mnist", data_dir, progress=False)
+    runs = []
+    for seed in range(first_seed, first_seed + seeds):
+        runs.append(run_once(recipe, seed, ds, epochs=epochs, out=out))
+        if on_run:
+            on_run({"recipe": name, **runs[-1]})
+    return {"recipe": name, "description": recipe.description, "runs": runs,
+            "summary": summarise(runs), "machine": machine_info()}
+
+
+def run_bench_vs(name: str, other: str, seeds: int = 1, first_seed: int = 0, data_dir: str | None = None,
+                 epochs: int | None = None, out: str | None = None,
+                 on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Alternate ``name`` and ``other`` seed by seed; ratio of median training times."""
+    from digitlab.data import load_dataset
+
+    a, b = get_recipe(name), get_recipe(other)
+    ds = load_dataset("mnist", data_dir, progress=False)
+    runs_a, runs_b = [], []
+    for seed in range(first_seed, first_seed + seeds):
+        for recipe, runs in ((a, runs_a), (b, runs_b)):
+            runs.append(run_once(recipe, seed, ds, epochs=epochs if recipe is a else None, out=out))
+            if on_run:
+                on_run({"recipe": recipe.name, **runs[-1]})
+    sa, sb = summarise(runs_a), summarise(runs_b)
+    return {
+        "recipe": name, "description": a.description, "runs": runs_a, "summary": sa,
+        "vs": {"recipe": other, "description": b.description, "runs": runs_b, "summary": sb},
+        "ratio_median_train_seconds": sa["train_seconds"]["median"] / sb["train_seconds"]["median"],
+        "machine": machine_info(),
+    }

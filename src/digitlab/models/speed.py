@@ -1,0 +1,38 @@
+"""Networks designed for this project's speed and accuracy recipes (``digitlab bench``)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from digitlab.models.registry import register_model
+
+
+def _conv_bn(cin: int, cout: int, k: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+@register_model("fast-cnn", family="speed", reference="bench recipe `fast` (time to 99%)")
+def fast_cnn(c1: int = 16, c2: int = 32, hidden: int = 128, num_classes: int = 10) -> nn.Module:
+    """Two 5×5 conv stages with batch norm and a small head: few FLOPs, quick to converge.
+
+    Pooling comes before batch norm and ReLU (max-pool commutes with the
+    monotone ReLU; BN after pooling is a different but equally good
+    normalisation) so the elementwise work runs at a quarter of the resolution.
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 5, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
+        nn.Conv2d(c1, c2, 5, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
+        nn.Flatten(), nn.Linear(c2 * 16, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes),
+    )
+
+
+@register_model("best-cnn", family="speed", reference="bench recipe `best`; the shipped default model")
+def best_cnn(width: int = 32, dropout: float = 0.2, num_classes: int = 10) -> nn.Module:
+    """VGG-style: (conv-BN-ReLU)×2 at 28² and 14², one conv at 7², global pooling + linear head."""
+    w = width
+    return nn.Sequential(
+        *_conv_bn(1, w), *_conv_bn(w, w), nn.MaxPool2d(2),
+        *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
+        *_conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w * 9, num_classes),
+    )
