@@ -1,5 +1,7 @@
 """The model zoo. Importing this package registers every model family."""
 
+# family modules register themselves on import
+from digitlab.models import _families  # noqa: F401,E402
 from digitlab.models.registry import (
     ModelInfo,
     count_parameters,
@@ -8,9 +10,6 @@ from digitlab.models.registry import (
     model_info,
     register_model,
 )
-
-# family modules register themselves on import
-from digitlab.models import _families  # noqa: F401,E402
 
 __all__ = ["ModelInfo", "count_parameters", "create_model", "list_models", "model_info",
            "register_model"]

@@ -130,6 +130,7 @@ class Trainer:
         all_callbacks = default_callbacks(cfg) + list(callbacks or [])
         self.callbacks = [cb for cb in all_callbacks if self.is_main or not cb.main_only]
         self.uses_gradient = getattr(model, "uses_gradient", True)
+        self._l2 = getattr(self.raw_model, "l2_penalty", None)
         self.optimizer = build_optimizer(self.raw_model, cfg) if self.uses_gradient else None
         augment = BatchAugmenter(cfg.augment) if cfg.augment is not None else None
         self.batches = BatchIterator(self.train_split, cfg.batch_size, shuffle=True, augment=augment,
@@ -244,6 +245,8 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if self._l2 is not None:  # Keras-style L2 on the kernels a model chooses (notebook 001)
+                loss = loss + self._l2()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:

@@ -1,0 +1,189 @@
+"""Evaluate a model (or a saved run) on a dataset split: every metric in one JSON-able dict.
+
+Building blocks, so callers can keep the logits (e.g. for McNemar tests) without
+predicting twice:
+
+* :func:`predict_logits` — batched inference;
+* :func:`evaluate_logits` — all quality metrics from logits + labels (pure);
+* :func:`evaluate_model` — both, plus timing and size;
+* :func:`load_for_evaluation` / :func:`evaluate_run` — the same from a run
+  directory or checkpoint file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from digitlab.evaluate import metrics as M
+from digitlab.evaluate.calibration import DEFAULT_BINS, reliability_diagram
+from digitlab.evaluate.inference import predict_logits
+from digitlab.evaluate.speed import checkpoint_bytes, parameter_count, speed_profile
+
+__all__ = ["EvalInputs", "evaluate_logits", "evaluate_model", "evaluate_run", "load_for_evaluation",
+           "predict_logits", "run_dataset_name"]
+
+
+def evaluate_logits(logits: M.ArrayLike, labels: M.ArrayLike, *, class_names: Sequence[str] | None = None,
+                    n_bins: int = DEFAULT_BINS, top_confusions: int = 10) -> dict[str, Any]:
+    """Quality metrics of ``N×K`` logits against labels, as a JSON-able dict.
+
+    Keys: ``n, num_classes, class_names, accuracy, loss`` (cross-entropy from
+    logits), ``log_loss`` (from softmax probabilities, sklearn's clipping),
+    ``top3, top5, ece, macro_avg, weighted_avg`` (each ``{precision, recall, f1,
+    support}``), ``per_class`` (list of ``{class, index, precision, recall, f1,
+    support}``), ``confusion_matrix`` (K×K int lists, rows = true),
+    ``confusion_matrix_normalized`` (row-normalised floats), ``top_confusions``
+    (list of ``{true, pred, true_name, pred_name, count}``), ``reliability``
+    (see :func:`reliability_diagram`), ``classification_report`` (text).
+    """
+    z = M.to_numpy(logits).astype(np.float64)
+    y = M._labels(labels)
+    if z.ndim != 2 or z.shape[0] != y.shape[0]:
+        raise ValueError(f"logits {z.shape} and labels {y.shape} do not match")
+    k = z.shape[1]
+    names = M.class_names_for(k, class_names)
+    probs = M.softmax(z)
+    preds = probs.argmax(axis=1)
+    prf = M.precision_recall_f1(y, preds, num_classes=k)
+    avg = M.averages(prf)
+    cm = M.confusion_matrix(y, preds, num_classes=k)
+    report = M.classification_report(y, preds, num_classes=k, class_names=names)
+    rel = reliability_diagram(probs, y, n_bins=n_bins)
+    return {
+        "n": int(y.size),
+        "num_classes": int(k),
+        "class_names": names,
+        "accuracy": M.accuracy(preds, y),
+        "loss": M.cross_entropy(z, y),
+        "log_loss": M.log_loss(probs, y),
+        "top3": M.top_k_accuracy(z, y, 3),
+        "top5": M.top_k_accuracy(z, y, 5),
+        "ece": rel["ece"],
+        "macro_avg": avg["macro"],
+        "weighted_avg": avg["weighted"],
+        "per_class": M.per_class_table(y, preds, num_classes=k, class_names=names),
+        "confusion_matrix": cm.tolist(),
+        "confusion_matrix_normalized": M.confusion_matrix(y, preds, num_classes=k, normalize="true").tolist(),
+        "top_confusions": M.top_confusions(cm, top_confusions, class_names=names),
+        "reliability": rel,
+        "classification_report": M.format_classification_report(report),
+    }
+
+
+def evaluate_model(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, *,
+                   class_names: Sequence[str] | None = None, batch_size: int = 1000,
+                   device: str | torch.device | None = None, speed: bool = True,
+                   speed_repeats: int = 50, throughput_repeats: int = 3,
+                   checkpoint_path: str | os.PathLike[str] | None = None,
+                   n_bins: int = DEFAULT_BINS, progress: bool = False) -> dict[str, Any]:
+    """Predict ``images_u8`` and return :func:`evaluate_logits`'s dict plus cost figures.
+
+    Extra keys: ``parameters`` (trainable), ``checkpoint_bytes`` (None without
+    ``checkpoint_path``), ``predict_seconds`` (wall time of the batched prediction
+    of the whole set at ``batch_size``, after a one-image warm-up call),
+    ``latency_ms_p50``, ``latency_ms_p95``, ``throughput_per_s`` and ``speed``
+    (details: mean latency, repeats, device, threads) — these four are None when
+    ``speed=False``.
+    """
+    if images_u8.shape[0]:
+        # one tiny call first so lazy initialisation (threads, allocators) is not billed to the set
+        predict_logits(model, images_u8[:1], device=device)
+    t0 = time.perf_counter()
+    logits = predict_logits(model, images_u8, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - t0
+    result = evaluate_logits(logits, labels, class_names=class_names, n_bins=n_bins)
+    result["parameters"] = parameter_count(model)
+    result["checkpoint_bytes"] = checkpoint_bytes(checkpoint_path) if checkpoint_path is not None else None
+    result["predict_seconds"] = seconds
+    prof = None
+    if speed and images_u8.shape[0] > 0:
+        prof = speed_profile(model, images_u8, repeats=speed_repeats, warmup=min(10, speed_repeats),
+                             batch_size=batch_size, throughput_repeats=throughput_repeats)
+    result["latency_ms_p50"] = prof["latency_ms_p50"] if prof else None
+    result["latency_ms_p95"] = prof["latency_ms_p95"] if prof else None
+    result["throughput_per_s"] = prof["throughput_per_s"] if prof else None
+    result["speed"] = prof
+    return result
+
+
+@dataclass
+class EvalInputs:
+    """Everything needed to evaluate a saved model on one split."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    checkpoint: Path
+    dataset: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+
+
+def run_dataset_name(meta: dict[str, Any], default: str = "mnist") -> str:
+    """The dataset a checkpoint was trained on, read from its metadata.
+
+    Looks at ``meta["data"]["dataset"]``, ``meta["data"]["name"]``,
+    ``meta["config"]["dataset"]`` and ``meta["config"]["data"]["dataset"]``, in that order.
+    """
+    data = meta.get("data") or {}
+    config = meta.get("config") or {}
+    for value in (data.get("dataset"), data.get("name"), config.get("dataset"),
+                  (config.get("data") or {}).get("dataset") if isinstance(config.get("data"), dict)
+                  else None):
+        if isinstance(value, str) and value:
+            return value
+    return default
+
+
+def load_for_evaluation(source: str | os.PathLike[str], dataset: str | None = None, split: str = "test",
+                        data_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu",
+                        limit: int | None = None, progress: bool = False) -> EvalInputs:
+    """Load a run directory / checkpoint and the split to evaluate it on.
+
+    ``dataset`` None uses the run's own dataset (:func:`run_dataset_name`).
+    ``limit`` keeps the first ``limit`` samples (for quick checks).
+    """
+    from digitlab.data import load_dataset
+    from digitlab.train.checkpoint import checkpoint_file, load_checkpoint
+    from digitlab.utils import resolve_device
+
+    path = checkpoint_file(source)
+    model, meta = load_checkpoint(path, device=resolve_device(device))
+    name = dataset or run_dataset_name(meta)
+    ds = load_dataset(name, data_dir, progress=progress)
+    images, labels = ds.split(split)
+    if limit is not None:
+        if limit < 1:
+            from digitlab.errors import ConfigError
+
+            raise ConfigError(f"--limit must be >= 1, got {limit}")
+        images, labels = images[:limit], labels[:limit]
+    return EvalInputs(model=model, meta=meta, checkpoint=path, dataset=name, split=split,
+                      images=images, labels=labels, class_names=list(ds.spec.class_names))
+
+
+def evaluate_run(source: str | os.PathLike[str], dataset: str | None = None, split: str = "test",
+                 data_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu",
+                 batch_size: int = 1000, speed: bool = True, speed_repeats: int = 50,
+                 throughput_repeats: int = 3, limit: int | None = None, n_bins: int = DEFAULT_BINS,
+                 progress: bool = False) -> dict[str, Any]:
+    """:func:`evaluate_model` on a saved run; adds ``model, model_kwargs, checkpoint, dataset, split``."""
+    inp = load_for_evaluation(source, dataset, split, data_dir, device=device, limit=limit,
+                              progress=progress)
+    result = evaluate_model(inp.model, inp.images, inp.labels, class_names=inp.class_names,
+                            batch_size=batch_size, speed=speed, speed_repeats=speed_repeats,
+                            throughput_repeats=throughput_repeats, checkpoint_path=inp.checkpoint,
+                            n_bins=n_bins, progress=progress)
+    head = {"model": inp.meta.get("model"), "model_kwargs": inp.meta.get("model_kwargs", {}),
+            "checkpoint": str(inp.checkpoint), "dataset": inp.dataset, "split": split}
+    return {**head, **result}

@@ -1,0 +1,353 @@
+"""The model zoo: every registered model is checked by the parametrised tests below.
+
+A new ``@register_model`` is picked up automatically. The ``mnist`` fixture
+(conftest.py) loads the real dataset from ``$DIGITLAB_DATA_DIR``. Models with a
+``prepare`` hook are prepared, and estimator models (``uses_gradient=False``)
+are fitted, on 2,000 training images before they are exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from digitlab.cli import main
+from digitlab.data import to_float
+from digitlab.errors import ConfigError
+from digitlab.models import count_parameters, create_model, list_models, model_info
+from digitlab.models._common import count_parameters_keras
+from digitlab.models.baselines import cross_validate_estimator
+from digitlab.models.mlp import f_classif_scores, select_pixels
+from digitlab.train.checkpoint import build_meta, load_checkpoint, save_checkpoint
+
+ALL_MODELS = list_models()
+GRADIENT_MODELS = [n for n in ALL_MODELS if model_info(n).uses_gradient]
+# keep the default run fast: small forests, fewer lbfgs iterations on the 2k subset
+FAST_KWARGS: dict[str, dict] = {"random-forest": {"n_estimators": 8, "n_jobs": 1},
+                                "logreg": {"max_iter": 300}}
+N_SUBSET = 2000
+
+
+@pytest.fixture(scope="module")
+def subset(mnist):
+    return mnist.train_images[:N_SUBSET], mnist.train_labels[:N_SUBSET]
+
+
+@pytest.fixture(scope="module")
+def batch(mnist):
+    return to_float(mnist.test_images[:16]), mnist.test_labels[:16]
+
+
+def _make_ready(name: str, subset) -> nn.Module:
+    model = create_model(name, **FAST_KWARGS.get(name, {}))
+    if hasattr(model, "prepare"):
+        model.prepare(*subset)
+    if not model_info(name).uses_gradient:
+        model.fit_estimator(*subset)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ready(subset):
+    cache: dict[str, nn.Module] = {}
+
+    def get(name: str) -> nn.Module:
+        if name not in cache:
+            cache[name] = _make_ready(name, subset)
+        return cache[name]
+
+    return get
+
+
+def _normalised(out: torch.Tensor, tol: float = 1e-4) -> bool:
+    """True if rows look like probabilities or log-probabilities rather than raw logits."""
+    out = out.detach().double()
+    probs = bool(((out >= 0) & (out <= 1)).all()) and bool(((out.sum(1) - 1).abs() < tol).all())
+    log_probs = bool((out.logsumexp(1).abs() < tol).all())
+    return probs or log_probs
+
+
+def test_normalisation_check_is_meaningful():
+    z = torch.randn(16, 10) * 3
+    assert not _normalised(z)
+    assert _normalised(torch.softmax(z, 1))
+    assert _normalised(torch.log_softmax(z, 1))
+
+
+# --------------------------------------------------------------------------- every model
+
+def test_zoo_contains_required_models():
+    required = {"mlp-basic-128", "mlp-basic-256", "mlp-basic-512", "mlp-selected", "mlp-128-64", "mlp-bn",
+                "cnn-simple", "cnn-deep", "cnn-enhanced", "resnet-mini", "se-cnn", "densenet-mini", "lenet5",
+                "logreg", "random-forest", "plain-cnn", "pytorch-example"}
+    assert required <= set(ALL_MODELS)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_registry_metadata(name):
+    info = model_info(name)
+    model = create_model(name)
+    assert info.family and info.reference
+    assert info.input_kind in {"image", "flat", "selected"}
+    assert info.recipe in (None, name)
+    assert getattr(model, "uses_gradient", True) == info.uses_gradient
+    assert model.digitlab_name == name
+    if not info.uses_gradient:
+        assert callable(getattr(model, "fit_estimator", None))
+    if info.input_kind == "selected":
+        assert callable(getattr(model, "prepare", None))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_shape_and_logits(name, ready, batch):
+    model = ready(name).eval()
+    x, _ = batch
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (16, 10) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    if model_info(name).uses_gradient:
+        assert not _normalised(out), "models must return raw logits, not (log-)probabilities"
+    else:
+        # estimator logits: their softmax is the estimator's predicted distribution
+        proba = model.predict_proba(x)
+        assert torch.allclose(torch.softmax(out.double(), 1), proba, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", GRADIENT_MODELS)
+def test_backward_gives_finite_gradients(name, subset, batch):
+    torch.manual_seed(0)
+    model = _make_ready(name, subset).train()
+    x, y = batch
+    loss = nn.functional.cross_entropy(model(x), y)
+    if hasattr(model, "l2_penalty"):
+        loss = loss + model.l2_penalty()
+    loss.backward()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert params
+    for pname, p in params:
+        assert p.grad is not None, f"{pname} received no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has non-finite gradient"
+    assert sum(float(p.grad.abs().sum()) for _, p in params) > 0
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_eval_mode_is_deterministic(name, ready, batch):
+    model = ready(name).eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch[0]), model(batch[0]))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_checkpoint_round_trip(name, ready, batch, tmp_path):
+    torch.manual_seed(1)
+    model = ready(name)
+    if model_info(name).uses_gradient:
+        with torch.no_grad():  # move BatchNorm statistics away from their initial values
+            model.train()(batch[0])
+    model.eval()
+    with torch.no_grad():
+        expected = model(batch[0])
+    path = save_checkpoint(tmp_path / "m.safetensors", model, build_meta(model))
+    loaded, meta = load_checkpoint(path)
+    assert meta["model"] == name
+    assert not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(batch[0]), expected)
+    for (bname, buf), (_, buf2) in zip(model.named_buffers(), loaded.named_buffers(), strict=True):
+        torch.testing.assert_close(buf, buf2, rtol=0, atol=0, equal_nan=True, msg=bname)
+
+
+# --------------------------------------------------------------------------- parameter counts
+
+# (PyTorch trainable parameters, Keras count_params()). Keras counts every weight, including
+# BatchNormalization's moving mean and variance (non-trainable); PyTorch keeps those as buffers.
+# count_parameters_keras() adds them back so notebook figures compare like with like.
+PUBLISHED_COUNTS = {
+    "mlp-128-64": (109_386, 109_386),        # notebook 003 README
+    "mlp-selected": (84_618, 84_618),        # notebook 000 report
+    "cnn-deep": (1_013_098, 1_015_530),      # notebook 000 report: 1,015,530 (2,432 BN statistics)
+    "mlp-bn": (569_226, 571_018),            # notebook 004: 569,226 (it sums gamma/beta only)
+    "mlp-basic-512": (407_050, 407_050),     # notebook 000 report ("Basic Model")
+}
+# no published figure: Keras' count of the notebook's architecture, derived by hand layer by layer.
+# Notebook 001 prints 89,634 / 123,410 / 95,847 / 156,923 for its four CNNs, but those are hard-coded
+# "simulated" values that do not match its own architectures, so we assert what the architecture gives.
+DERIVED_COUNTS = {
+    "cnn-simple": (93_322, 93_322),          # 320 + 18,496 + 36,928 + 36,928 + 650 ('valid' convs)
+    "cnn-enhanced": (157_354, 158_058),
+    "resnet-mini": (697_162, 699_402),
+    "se-cnn": (97_336, 97_784),
+    "densenet-mini": (68_994, 70_290),
+    "lenet5": (61_706, 61_706),
+    "plain-cnn": (147_146, 147_146),
+    "pytorch-example": (1_199_882, 1_199_882),
+}
+
+
+@pytest.mark.parametrize("name", sorted({**PUBLISHED_COUNTS, **DERIVED_COUNTS}))
+def test_parameter_counts(name):
+    trainable, keras = {**PUBLISHED_COUNTS, **DERIVED_COUNTS}[name]
+    model = create_model(name)
+    assert count_parameters(model) == trainable
+    assert count_parameters_keras(model) == keras
+
+
+@pytest.mark.parametrize("width", [128, 256, 512])
+def test_basic_mlp_counts(width):
+    assert count_parameters(create_model(f"mlp-basic-{width}")) == 784 * width + width + 10 * width + 10
+
+
+def test_baseline_parameter_counts(ready):
+    assert create_model("logreg").parameter_count() == 7_850  # notebook 001: 7,850
+    assert create_model("random-forest").parameter_count() is None
+    assert ready("random-forest").parameter_count() > 0
+
+
+# --------------------------------------------------------------------------- L2 bookkeeping
+
+@pytest.mark.parametrize("name, n_kernels", [("cnn-enhanced", 1), ("resnet-mini", 15), ("se-cnn", 6),
+                                             ("densenet-mini", 12)])
+def test_l2_params_are_the_notebook_kernels(name, n_kernels):
+    model = create_model(name)
+    params = model.l2_params()
+    assert len(params) == n_kernels
+    assert all(p.dim() >= 2 for p in params)  # kernels only, no biases or BN parameters
+    expected = model.l2_lambda * sum(float(p.detach().pow(2).sum()) for p in params)
+    assert model.l2_penalty().item() == pytest.approx(expected, rel=1e-5)
+    assert create_model(name, l2_lambda=0.0).l2_penalty().item() == 0.0
+
+
+# --------------------------------------------------------------------------- feature selection
+
+def test_f_classif_matches_sklearn_and_selection(subset):
+    from sklearn.feature_selection import f_classif
+
+    images, labels = subset
+    scores = f_classif_scores(images, labels).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about the constant pixels
+        ref, _ = f_classif(images.reshape(len(images), -1).numpy().astype(np.float64), labels.numpy())
+    assert np.array_equal(np.isnan(scores), np.isnan(ref)) and np.isnan(ref).any()
+    ok = ~np.isnan(ref)
+    np.testing.assert_allclose(scores[ok], ref[ok], rtol=1e-9)
+    top = set(np.argsort(np.nan_to_num(ref, nan=-np.inf))[-196:].tolist())
+    assert set(select_pixels(torch.from_numpy(scores), 196).tolist()) == top
+
+
+def test_mlp_selected_uses_only_selected_pixels(ready, batch):
+    model = ready("mlp-selected").eval()
+    assert model.is_prepared and not create_model("mlp-selected").is_prepared
+    sel = model.selected
+    assert sel.shape == (196,) and torch.equal(sel, select_pixels(model.pixel_scores, 196))
+    x = batch[0].clone()
+    unselected = torch.ones(784, dtype=torch.bool)
+    unselected[sel] = False
+    flat = x.view(16, -1)
+    with torch.no_grad():
+        before = model(x)
+        flat[:, unselected] = torch.rand(16, int(unselected.sum()))
+        assert torch.equal(model(x), before)
+        flat[:, sel[:5]] += 0.5
+        assert not torch.equal(model(x), before)
+
+
+# --------------------------------------------------------------------------- baselines vs scikit-learn
+
+def _flat(x: torch.Tensor) -> np.ndarray:
+    return x.reshape(x.shape[0], -1).numpy()
+
+
+@pytest.mark.parametrize("kwargs", [{"n_estimators": 10}, {"n_estimators": 6, "max_depth": 4}])
+def test_random_forest_walk_equals_sklearn_exactly(subset, mnist, kwargs):
+    model = create_model("random-forest", n_jobs=1, **kwargs)
+    est = model.fit_estimator(*subset)
+    x = to_float(mnist.test_images[:1000])
+    # adversarial inputs: pixels set exactly to (float32-rounded) split thresholds
+    rng = np.random.default_rng(0)
+    feats = np.concatenate([t.tree_.feature[t.tree_.children_left != -1] for t in est.estimators_])
+    thrs = np.concatenate([t.tree_.threshold[t.tree_.children_left != -1] for t in est.estimators_])
+    pick = rng.integers(0, feats.size, size=1000)
+    x_edge = x.clone().view(1000, -1)
+    edge_values = torch.from_numpy(thrs[pick].astype(np.float32))
+    x_edge[torch.arange(1000), torch.from_numpy(feats[pick])] = edge_values
+    for inputs in (x, x_edge.view(1000, 1, 28, 28)):
+        ref = est.predict_proba(_flat(inputs))
+        mine = model.predict_proba(inputs).numpy()
+        assert np.array_equal(mine, ref)  # bit-identical, not merely close
+        assert np.array_equal(model(inputs).argmax(1).numpy(), est.predict(_flat(inputs)))
+
+
+def test_logreg_matches_sklearn(subset, mnist):
+    model = create_model("logreg", max_iter=300)
+    est = model.fit_estimator(*subset)
+    assert model.weight.shape == (10, 784) and model.bias.shape == (10,)
+    x = to_float(mnist.test_images[:1000])
+    ref = est.predict_proba(_flat(x).astype(np.float64))
+    np.testing.assert_allclose(model.predict_proba(x).numpy(), ref, rtol=0, atol=1e-9)
+    assert np.array_equal(model(x).argmax(1).numpy(), est.predict(_flat(x)))
+    assert model.fit_info_["converged"]
+
+
+def test_unfitted_forest_refuses_to_predict(batch):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        create_model("random-forest")(batch[0])
+
+
+def test_bad_model_arguments_are_config_errors():
+    with pytest.raises(ConfigError):
+        create_model("lenet5", activation="gelu")
+    with pytest.raises(ConfigError):
+        create_model("random-forest", n_estimators=0)
+    with pytest.raises(ConfigError):
+        create_model("mlp-basic-128", no_such_argument=1)
+
+
+def test_cross_validation_matches_sklearn(subset):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    images, labels = subset[0][:600], subset[1][:600]
+    result = cross_validate_estimator("random-forest", images, labels, folds=3, seed=0,
+                                      n_estimators=5, n_jobs=1)
+    assert result["folds"] == 3 and len(result["fold_accuracies"]) == 3 and len(result["fit_seconds"]) == 3
+    assert result["mean"] == pytest.approx(np.mean(result["fold_accuracies"]))
+    assert result["std"] == pytest.approx(np.std(result["fold_accuracies"]))
+    ref = cross_val_score(RandomForestClassifier(n_estimators=5, random_state=0, n_jobs=1),
+                          _flat(to_float(images)), labels.numpy(),
+                          cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=0))
+    np.testing.assert_allclose(result["fold_accuracies"], ref, rtol=0, atol=1e-12)
+    assert result["mean"] > 0.6
+    with pytest.raises(ConfigError):
+        cross_validate_estimator("mlp-128-64", images, labels)
+
+
+# --------------------------------------------------------------------------- CLI
+
+def test_cli_models_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ALL_MODELS
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        assert {"family", "params", "params_keras", "input_kind", "reference", "recipe"} <= set(r)
+    assert by_name["mlp-128-64"]["params"] == 109_386
+    assert by_name["cnn-deep"]["params_keras"] == 1_015_530
+    assert by_name["logreg"]["params"] == 7_850
+    assert by_name["random-forest"]["params"] is None
+    assert by_name["mlp-selected"]["input_kind"] == "selected"
+
+
+def test_cli_models_pattern_and_table(capsys):
+    assert main(["models", "--pattern", "mlp-basic-*", "--json"]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == [
+        "mlp-basic-128", "mlp-basic-256", "mlp-basic-512"]
+    assert main(["models", "--pattern", "cnn-*"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["NAME", "FAMILY", "PARAMS"]
+    assert "1,013,098" in out and "mlp-" not in out
