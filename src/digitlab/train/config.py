@@ -35,7 +35,7 @@ class TrainConfig:
     epochs: int = 10
     """Number of passes over the training split."""
     max_steps: int | None = None
-    """Stop after this many optimizer steps (smoke runs); schedules still span ``epochs``."""
+    """Stop after this many optimizer steps; the LR schedule is compressed to end there."""
     batch_size: int = 128
     """Samples per optimizer step (global, across all processes)."""
     eval_batch_size: int = 1000

@@ -136,7 +136,8 @@ class Trainer:
         self.batches = BatchIterator(self.train_split, cfg.batch_size, shuffle=True, augment=augment,
                                      seed=cfg.seed, rank=rank, world_size=world_size)
         self.steps_per_epoch = len(self.batches)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        # a max_steps run is a complete short run: its schedule ends at max_steps
+        self.total_steps = min(self.steps_per_epoch * cfg.epochs, cfg.max_steps or 1 << 62)
         self.state = TrainState()
         self.stop_reason: str | None = None
         self.notes: dict[str, Any] = {}

@@ -1,0 +1,1 @@
+"""Comparison of runs and the study report (HTML, JSON, Markdown)."""
