@@ -55,7 +55,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     """``--dataset`` and ``--data-dir``, shared by every command that loads data."""
     p.add_argument("--dataset", default="mnist", help="dataset name (mnist, fashion-mnist)")
     p.add_argument("--data-dir", default=None,
-                   help="folder with the four IDX files (default: $DIGITLAB_DATA_DIR, cache, system dir)")
+                   help="folder with the four IDX files (else $DIGITLAB_DATA_DIR, the cache, the system dir)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=HelpFormatter,
                        epilog="examples:\n  digitlab data info --dataset mnist --json\n"
                               "  digitlab data verify --data-dir ../shared/data/mnist\n"
-                              "  digitlab data download --dataset fashion-mnist")
+                              "  digitlab data download --dataset fashion-mnist\n"
+                              "  digitlab data download --data-dir data/mnist --mirror http://host/mnist/")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     for name, fn, text in (("info", _info, "counts per split and class"),
                            ("verify", _verify, "check every file's checksum and structure"),
@@ -21,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         q = dsub.add_parser(name, help=text, formatter_class=HelpFormatter)
         add_data_args(q)
         q.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "download":
+            q.add_argument("--mirror", action="append", default=None, metavar="URL",
+                           help="base URL to fetch the files from instead of the built-in mirrors "
+                                "(repeat to try several in order)")
         q.set_defaults(handler=fn)
 
 
@@ -60,7 +65,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        for k, v in result["files"].items():
+        for v in result["files"].values():
             print(f"ok  {v['path']}  sha256:{v['content_sha256'][:16]}…")
     return 0
 
@@ -68,7 +73,9 @@ def _verify(args: argparse.Namespace) -> int:
 def _download(args: argparse.Namespace) -> int:
     from digitlab.data.resolve import resolve_files
 
-    resolved = resolve_files(args.dataset, args.data_dir, download=True, progress=not args.json)
+    mirrors = tuple(args.mirror) if args.mirror else None
+    resolved = resolve_files(args.dataset, args.data_dir, download=True, progress=not args.json,
+                             mirrors=mirrors)
     result = {"dataset": args.dataset, "source": str(resolved.directory), "origin": resolved.origin,
               "files": {k: str(v) for k, v in resolved.paths.items()}}
     print(json.dumps(result) if args.json else f"{args.dataset}: files in {resolved.directory}")

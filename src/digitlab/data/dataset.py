@@ -3,12 +3,19 @@
 The first load parses the IDX files and verifies their content checksums; the
 decoded arrays are then cached as ``.npy`` files keyed by the source files'
 path, size and mtime, so later loads skip gzip and hashing entirely.
+
+Each key gets its own folder (``arrays/<name>/<key hash>/``) so two processes
+loading different copies never mix one copy's arrays with the other's manifest;
+the manifest records the content checksums, and a verifying load only accepts
+a cache entry whose checksums are the dataset's canonical ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +28,7 @@ from digitlab.data.resolve import cache_root, resolve_files
 from digitlab.errors import DataError
 from digitlab.utils import atomic_path, write_json_atomic
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -58,30 +65,50 @@ def _file_key(paths: dict[str, Path]) -> dict[str, list]:
     return out
 
 
-def _cache_dir(name: str) -> Path:
-    return cache_root() / "arrays" / name
+def _cache_dir(name: str, key: dict[str, list] | None = None) -> Path:
+    """The dataset's cache folder, or the entry folder for ``key``."""
+    folder = cache_root() / "arrays" / name
+    if key is None:
+        return folder
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return folder / digest
 
 
-def _load_cached(name: str, key: dict[str, list]) -> dict[str, np.ndarray] | None:
-    folder = _cache_dir(name)
-    manifest = folder / "manifest.json"
+def _load_cached(name: str, key: dict[str, list], spec: DatasetSpec | None = None
+                 ) -> dict[str, np.ndarray] | None:
+    """The cached arrays for ``key``; None when absent, stale, damaged or (with ``spec``) unverified."""
+    folder = _cache_dir(name, key)
     try:
-        meta = json.loads(manifest.read_text())
+        meta = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("version") != CACHE_VERSION or meta.get("files") != key:
+    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION or meta.get("files") != key:
         return None
+    checksums = meta.get("checksums")
+    if not isinstance(checksums, dict):
+        return None
+    if spec is not None and any(checksums.get(k) != spec.files[k].raw_sha256 for k in SPLIT_FILES):
+        return None  # stored by a load with verify=False: parse again so the check runs
     try:
-        arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False) for k in SPLIT_FILES}
-    except (OSError, ValueError):
+        # copy-on-write maps: writable private arrays without reading 55 MB up front; safe because
+        # cache files are only ever replaced by rename (an open map keeps the old inode alive)
+        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="c", allow_pickle=False) for k in SPLIT_FILES}
+    except (OSError, ValueError, EOFError):
         return None
-    arrays["_checksums"] = meta.get("checksums", {})  # type: ignore[assignment]
+    for k, a in arrays.items():
+        want_ndim = 3 if k.endswith("images") else 1
+        if a.dtype != np.uint8 or a.ndim != want_ndim:
+            return None
+    for split in ("train", "test"):
+        if arrays[f"{split}_images"].shape[0] != arrays[f"{split}_labels"].shape[0]:
+            return None
+    arrays["_checksums"] = checksums  # type: ignore[assignment]
     return arrays
 
 
 def _store_cache(name: str, key: dict[str, list], arrays: dict[str, np.ndarray],
                  checksums: dict[str, str]) -> None:
-    folder = _cache_dir(name)
+    folder = _cache_dir(name, key)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for k in SPLIT_FILES:
@@ -91,7 +118,16 @@ def _store_cache(name: str, key: dict[str, list], arrays: dict[str, np.ndarray],
         write_json_atomic(folder / "manifest.json",
                           {"version": CACHE_VERSION, "files": key, "checksums": checksums})
     except OSError:
-        pass  # a read-only cache only costs speed
+        return  # a read-only cache only costs speed
+    # keep one entry per dataset: older entries (other copies, replaced files) only take space
+    # (this also clears files of the version-1 layout, which kept them directly in arrays/<name>/)
+    for other in _cache_dir(name).iterdir():
+        if other == folder:
+            continue
+        if other.is_dir():
+            shutil.rmtree(other, ignore_errors=True)
+        else:
+            other.unlink(missing_ok=True)
 
 
 def parse_files(spec: DatasetSpec, paths: dict[str, Path], verify: bool = True
@@ -144,7 +180,7 @@ def load_dataset(
     """Load ``name`` into memory as uint8 tensors (see module docstring for caching)."""
     resolved = resolve_files(name, data_dir=data_dir, download=download, progress=progress)
     key = _file_key(resolved.paths)
-    cached = _load_cached(name, key) if use_cache else None
+    cached = _load_cached(name, key, resolved.spec if verify else None) if use_cache else None
     if cached is not None:
         checksums = cached.pop("_checksums")  # type: ignore[arg-type]
         arrays = cached

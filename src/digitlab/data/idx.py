@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import zlib
@@ -49,11 +50,16 @@ def read_raw_bytes(path: str | os.PathLike[str]) -> bytes:
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not data:
+        raise DataError(f"{path}: file is empty")
     if data[:2] == GZIP_MAGIC:
         try:
-            return gzip.decompress(data)
+            raw = gzip.decompress(data)
         except (EOFError, OSError, zlib.error) as exc:
             raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+        if not raw:
+            raise DataError(f"{path}: gzip stream decompresses to an empty file")
+        return raw
     if path.suffix == ".gz":
         raise DataError(f"{path}: named .gz but is not gzip-compressed")
     return data
@@ -77,7 +83,7 @@ def parse_idx(data: bytes, name: str = "<bytes>", ndim: int | None = None) -> np
         raise DataError(f"{name}: truncated header (need {header_len} bytes, have {len(data)})")
     shape = struct.unpack(f">{dims}I", data[4:header_len])
     dtype = IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a hostile header cannot overflow
     actual = len(data) - header_len
     if actual != expected:
         kind = "truncated" if actual < expected else "trailing bytes after"

@@ -1,22 +1,27 @@
 """Find a dataset's files: data dir, user cache, system dir, then download.
 
-Order: ``--data-dir`` / ``$DIGITLAB_DATA_DIR`` → the user cache dir →
-``/usr/share/datasets/<name>/`` → download into the first writable of those.
+Order: ``$DIGITLAB_DATA_DIR`` → the user cache dir → ``/usr/share/datasets/<name>/``
+→ download into the first writable of the data dir and the cache. An explicit
+``data_dir`` argument (``--data-dir``) replaces that search: only that folder is
+looked at, and a download goes there, so a mistyped path is reported instead of
+silently falling back to another copy.
 A download goes to a temp file, is verified, and only then renamed into place.
 """
 
 from __future__ import annotations
 
-import hashlib
 import gzip
+import hashlib
+import http.client
 import os
 import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from digitlab.data.registry import SPLIT_FILES, DatasetSpec, FileSpec, get_dataset_spec
+from digitlab.data.registry import DATASETS, SPLIT_FILES, DatasetSpec, FileSpec, get_dataset_spec
 from digitlab.errors import DataError
 from digitlab.utils import atomic_path
 
@@ -42,11 +47,23 @@ class Candidate:
 
 
 def candidate_dirs(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None = None) -> list[Candidate]:
-    """Directories searched, in order."""
+    """Directories searched, in order (only ``data_dir`` itself when it is given)."""
+    if data_dir is not None and str(data_dir) != "":
+        return [Candidate(Path(data_dir).expanduser(), "data-dir")]
     out: list[Candidate] = []
-    explicit = data_dir if data_dir is not None else os.environ.get(ENV_DATA_DIR)
-    if explicit:
-        out.append(Candidate(Path(explicit).expanduser(), "data-dir"))
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        root = Path(env).expanduser()
+        # $DIGITLAB_DATA_DIR may be one dataset's folder or a parent of <name>/ folders.
+        # MNIST and Fashion-MNIST share file names, so a folder named after another
+        # dataset is not searched for this one (it would only fail its checksums), and
+        # a download goes into <root>/<name>/ unless the folder is named after this dataset.
+        if root.name == spec.name:
+            out.append(Candidate(root, "data-dir"))
+        else:
+            out.append(Candidate(root / spec.name, "data-dir"))
+            if root.name not in DATASETS:
+                out.append(Candidate(root, "data-dir"))
     out.append(Candidate(cache_root() / "datasets" / spec.name, "cache"))
     out.append(Candidate(Path(spec.system_dir), "system"))
     return out
@@ -77,9 +94,26 @@ class ResolvedFiles:
 
 
 def missing_files_message(spec: DatasetSpec, dirs: list[Candidate], reason: str) -> str:
+    """One line: what went wrong, the four file names and where to put them."""
     names = ", ".join(spec.files[k].filename for k in SPLIT_FILES)
     where = " or ".join(str(c.directory) for c in dirs if c.origin != "system")
-    return f"{spec.name}: {reason}; put {names} in {where} (or pass --data-dir DIR)"
+    explicit = len(dirs) == 1 and dirs[0].origin == "data-dir"  # --data-dir given: that is the place
+    hint = "" if explicit else " (or pass --data-dir DIR)"
+    return f"{spec.name}: {reason}; put {names} in {where}{hint}"
+
+
+def _writable_target(dirs: list[Candidate]) -> Candidate | None:
+    """The first non-system candidate folder we can create and write into."""
+    for cand in dirs:
+        if cand.origin == "system":
+            continue
+        try:
+            cand.directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(cand.directory, os.W_OK | os.X_OK):
+            return cand
+    return None
 
 
 def resolve_files(
@@ -98,9 +132,12 @@ def resolve_files(
             return ResolvedFiles(spec, cand.directory, cand.origin, found)
     if not download or os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
         raise DataError(missing_files_message(spec, dirs, "files not found and downloads are off"))
-    target = dirs[0].directory  # explicit data dir if given, else the cache
-    paths = download_dataset(spec, target, mirrors=mirrors, progress=progress, dirs=dirs)
-    return ResolvedFiles(spec, target, dirs[0].origin, paths)
+    target = _writable_target(dirs)
+    if target is None:
+        raise DataError(missing_files_message(
+            spec, dirs, "files not found and no writable folder to download them into"))
+    paths = download_dataset(spec, target.directory, mirrors=mirrors, progress=progress, dirs=dirs)
+    return ResolvedFiles(spec, target.directory, target.origin, paths)
 
 
 def verify_bytes(fspec: FileSpec, data: bytes) -> bool:
@@ -109,7 +146,7 @@ def verify_bytes(fspec: FileSpec, data: bytes) -> bool:
         return True
     try:
         raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):  # corrupt deflate data raises zlib.error
         return False
     return hashlib.sha256(raw).hexdigest() == fspec.raw_sha256
 
@@ -136,22 +173,27 @@ def download_dataset(
         if existing is not None:
             paths[key] = existing
             continue
-        errors: list[str] = []
+        failures: list[str] = []  # the last error of each mirror
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + fspec.filename
+            errors: list[str] = []
             data = _fetch(url, retries, timeout, progress, fspec, errors)
             if data is None:
+                failures.append(errors[-1] if errors else f"{url}: no data")
                 continue
             if not verify_bytes(fspec, data):
-                errors.append(f"{url}: checksum mismatch")
+                failures.append(f"{url}: checksum mismatch")
                 continue
             dest = target / fspec.filename
-            with atomic_path(dest) as tmp:
-                tmp.write_bytes(data)
+            try:
+                with atomic_path(dest) as tmp:
+                    tmp.write_bytes(data)
+            except OSError as exc:
+                raise DataError(f"{dest}: cannot write ({exc.strerror or exc})") from None
             paths[key] = dest
             break
         else:
-            detail = "; ".join(errors[-len(mirrors):]) or "no mirrors"
+            detail = "; ".join(failures) or "no mirrors"
             raise DataError(
                 missing_files_message(spec, dirs or [Candidate(target, "data-dir")],
                                       f"could not download {fspec.filename} ({detail})")
@@ -165,14 +207,22 @@ def _fetch(url: str, retries: int, timeout: float, progress: bool, fspec: FileSp
         try:
             req = urllib.request.Request(url, headers={"User-Agent": "digitlab"})
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                total = int(resp.headers.get("Content-Length") or fspec.gz_size or 0) or None
-                return _read_with_progress(resp, total, fspec.filename, progress)
+                declared = resp.headers.get("Content-Length")
+                total = int(declared or fspec.gz_size or 0) or None
+                data = _read_with_progress(resp, total, fspec.filename, progress)
+            # read(amt) returns a short body without raising when the server hangs up early
+            if declared and declared.isdigit() and len(data) != int(declared):
+                errors.append(f"{url}: incomplete download ({len(data)} of {declared} bytes)")
+            else:
+                return data
         except urllib.error.HTTPError as exc:
             errors.append(f"{url}: HTTP {exc.code}")
             if 400 <= exc.code < 500:
                 return None  # not there: retrying the same mirror won't help
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError) as exc:
+            # HTTPException: e.g. IncompleteRead when the server hangs up mid-body;
+            # ValueError: a malformed mirror URL
+            reason = getattr(exc, "reason", None) or exc.__class__.__name__ + (f" {exc}" if str(exc) else "")
             errors.append(f"{url}: {reason}")
         if attempt + 1 < retries:
             time.sleep(0.2 * (attempt + 1))

@@ -104,4 +104,12 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Learned values of a model: trainable tensors, or the model's own ``parameter_count()``.
+
+    The scikit-learn baselines keep their fitted coefficients in buffers and
+    report them through ``parameter_count()`` (None for an unfitted forest: 0 here).
+    """
+    own = getattr(model, "parameter_count", None)
+    if callable(own):
+        return int(own() or 0)
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -73,11 +73,12 @@ class Section:
         return self
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 4,
-              caption: str | None = None) -> Section:
+              caption: str | None = None, kv: bool = False) -> Section:
         head = "".join(f"<th>{esc(h)}</th>" for h in headers)
         body = "".join("<tr>" + "".join(f"<td>{esc(fmt(c, digits))}</td>" for c in row) + "</tr>" for row in rows)
         cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-        self.parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        cls = ' class="kv"' if kv else ""
+        self.parts.append(f"<table{cls}>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         return self
 
     def pre(self, text: str) -> Section:

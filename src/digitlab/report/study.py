@@ -262,7 +262,7 @@ def build_report(study: Study, ds: Any, explore: dict[str, Any], evals: list[Run
         ["models × seeds", f"{len({e.model_name for e in evals})} models, {len(evals)} runs"],
         ["machine", f"{machine['cpu']}, {machine['torch_threads']} torch threads, torch {machine['torch']}"],
         ["wall time", f"{wall_seconds:.0f} s"],
-    ])
+    ], kv=True)
     s.text("Every number in this report was measured by this run; the test set was used only for final "
            "evaluation (no model selection on it).", note=True)
 
