@@ -31,29 +31,21 @@ class Recipe:
     plain: PlainRecipe | None = None
 
 
-def _engine(name: str, description: str, **cfg: Any) -> Recipe:
-    base = dict(val_fraction=0.0, tensorboard=False, device="auto")
-    return Recipe(name, description, config=TrainConfig(**{**base, **cfg}))
+def _shipped(name: str, recipe: str, description: str) -> Recipe:
+    """An engine recipe backed by a shipped config (no run-time validation split, no TensorBoard)."""
+    from digitlab.train.recipes import load_config
+
+    return Recipe(name, description, config=load_config(recipe).override(val_fraction=0.0, tensorboard=False))
 
 
 RECIPES: dict[str, Recipe] = {
     "plain": Recipe("plain", PLAIN.description, plain=PLAIN),
     "reference": Recipe("reference", REFERENCE.description, plain=REFERENCE),
-    "fast": _engine(
-        "fast", "digitlab engine: fast-cnn (BN, 2 conv stages), resident uint8 tensor, batch 256, "
-        "Adam betas (0.8, 0.95) one-cycle to 0.02, label smoothing 0.05, 1 epoch",
-        model="fast-cnn", epochs=1, batch_size=256, optimizer="adam", lr=0.02, betas=(0.8, 0.95),
-        schedule="onecycle", pct_start=0.25, label_smoothing=0.05, deterministic=False,
-    ),
-    "best": _engine(
-        "best", "best-cnn (VGG-style, BN, 3 stages), 30 epochs, batch 128, AdamW + one-cycle 3e-3, "
-        "label smoothing 0.1, augmentation (rotation 12°, zoom 0.12, shift 0.1, shear 8°, elastic), "
-        "final epoch (no selection on test)",
-        model="best-cnn", epochs=30, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
-        schedule="onecycle", pct_start=0.2, label_smoothing=0.1, deterministic=False,
-        augment={"rotation": 12, "zoom": 0.12, "shift": 0.1, "shear": 8, "elastic_alpha": 1.5,
-                 "elastic_sigma": 3.0},
-    ),
+    "fast": _shipped("fast", "fast-cnn", "digitlab engine, configs/fast-cnn.yaml: small BN CNN, resident uint8 "
+                     "tensor, batch 256, Adam (0.8, 0.95) one-cycle to 0.02, label smoothing 0.05, 1 epoch"),
+    "best": _shipped("best", "best-cnn", "digitlab engine, configs/best-cnn.yaml: VGG-style BN CNN, 20 epochs, "
+                     "AdamW one-cycle 3e-3, label smoothing 0.1, strong augmentation, bf16 autocast; "
+                     "final epoch, no selection on test"),
 }
 
 

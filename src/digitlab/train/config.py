@@ -104,6 +104,8 @@ class TrainConfig:
     """Use deterministic algorithms (exact resume; slightly slower on GPU)."""
     channels_last: bool = False
     """Use the channels-last memory format for conv nets."""
+    amp: bool = False
+    """Mixed precision: bfloat16 autocast (CPUs with AVX-512 BF16/AMX, CUDA GPUs that support it)."""
     checkpoint_every: int = 0
     """Also save resumable state every N steps (0: only at epoch ends)."""
     tensorboard: bool = True

@@ -244,8 +244,9 @@ class Trainer:
                 group["lr"] = state.lr
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            with self._autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             if self._l2 is not None:  # Keras-style L2 on the kernels a model chooses (notebook 001)
                 loss = loss + self._l2()
             self.optimizer.zero_grad(set_to_none=True)
@@ -284,6 +285,15 @@ class Trainer:
         self.emit("epoch_end", metrics=metrics)
         if state.epoch < cfg.epochs and self.stop_reason is None:
             self.save_resume()
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        if not self.config.amp:
+            return contextlib.nullcontext()
+        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return contextlib.nullcontext()  # fp16 would need loss scaling; stay in fp32
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _reduced_train_metrics(self) -> tuple[float, float]:
         sums = torch.stack([self._loss_sum, self._correct, self._count])
