@@ -216,7 +216,7 @@ def test_resume_after_ctrl_c_matches_uninterrupted_run(small, tmp_path):
                   callbacks=[LambdaCallback(step_end=interrupt)])
     assert (tmp_path / "cut" / "resume.safetensors").exists()
     resumed = train_run(None, tmp_path / "cut", resume=True, progress=False, dataset=small)
-    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert resumed.metrics["test_accuracy"] == full.metrics["test_accuracy"]
     assert [h["train_loss"] for h in resumed.fit.history] == pytest.approx(
@@ -247,7 +247,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path):
     assert full.returncode == 0, full.stderr
     a, _ = load_checkpoint(cut)
     b, _ = load_checkpoint(tmp_path / "full")
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
 
 
@@ -309,7 +309,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     single = train_run(cfg, tmp_path / "single", progress=False)
     a, meta = load_checkpoint(run)
     assert meta["world_size"] == 2 and metrics["steps"] == 30
-    for (k, va), vb in zip(a.state_dict().items(), single.model.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), single.model.state_dict().values(), strict=True):
         assert torch.allclose(va, vb, atol=1e-5, rtol=0), (k, (va - vb).abs().max())
     assert abs(metrics["test_accuracy"] - single.metrics["test_accuracy"]) <= 0.002
 
@@ -322,6 +322,6 @@ def test_ranks_take_disjoint_halves_of_each_global_batch(small):
     ranks = [BatchIterator(split, 64, seed=3, rank=r, world_size=2) for r in (0, 1)]
     for it in (single, *ranks):
         it.set_epoch(2)
-    for (_, y), (_, y0), (_, y1) in zip(single, *ranks):
+    for (_, y), (_, y0), (_, y1) in zip(single, *ranks, strict=True):
         assert y0.numel() == y1.numel() == y.numel() // 2
         assert torch.equal(torch.cat([y0, y1]), y)

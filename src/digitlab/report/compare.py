@@ -66,6 +66,30 @@ def _train_seconds(ev: RunEvaluation) -> float | None:
     return (ev.meta.get("metrics") or {}).get("train_seconds")
 
 
+def seconds_per_epoch(meta: dict[str, Any]) -> float | None:
+    """Measured loop seconds per step × steps per epoch (validation time included, as in the loop).
+
+    For the scikit-learn baselines (no steps), the fit time.
+    """
+    metrics, cfg, data = meta.get("metrics") or {}, meta.get("config") or {}, meta.get("data") or {}
+    seconds, steps = metrics.get("train_seconds"), metrics.get("steps")
+    if seconds is None:
+        return None
+    if not steps:
+        return seconds
+    per_epoch = -(-int(data.get("train_count", 0)) // int(cfg.get("batch_size", 1)))
+    return seconds / steps * per_epoch if per_epoch else None
+
+
+def _epochs_trained(meta: dict[str, Any]) -> float | None:
+    metrics, cfg, data = meta.get("metrics") or {}, meta.get("config") or {}, meta.get("data") or {}
+    steps = metrics.get("steps")
+    if not steps:
+        return None
+    per_epoch = -(-int(data.get("train_count", 0)) // int(cfg.get("batch_size", 1)))
+    return steps / per_epoch if per_epoch else None
+
+
 def compare_evaluations(evals: list[RunEvaluation], n_boot: int = 1000, alpha: float = 0.05,
                         accuracy_tolerance: float = 0.01) -> dict[str, Any]:
     """Comparison table, per-model seed statistics, pairwise tests, Pareto set, recommendations."""
@@ -79,7 +103,8 @@ def compare_evaluations(evals: list[RunEvaluation], n_boot: int = 1000, alpha: f
             "accuracy": ev.metrics["accuracy"], "ci_low": ci["low"], "ci_high": ci["high"],
             "loss": ev.metrics["loss"], "macro_f1": ev.metrics["macro_avg"]["f1"],
             "parameters": ev.metrics["parameters"], "checkpoint_bytes": ev.metrics["checkpoint_bytes"],
-            "train_seconds": _train_seconds(ev), "latency_ms_p50": ev.metrics["latency_ms_p50"],
+            "train_seconds": _train_seconds(ev), "seconds_per_epoch": seconds_per_epoch(ev.meta),
+            "epochs_trained": _epochs_trained(ev.meta), "latency_ms_p50": ev.metrics["latency_ms_p50"],
             "latency_ms_p95": ev.metrics["latency_ms_p95"], "throughput_per_s": ev.metrics["throughput_per_s"],
         })
 
@@ -92,12 +117,15 @@ def compare_evaluations(evals: list[RunEvaluation], n_boot: int = 1000, alpha: f
         ms = stats.mean_std(accs)
         lat = [r["latency_ms_p50"] for r in rows if r["latency_ms_p50"] is not None]
         tsec = [r["train_seconds"] for r in rows if r["train_seconds"] is not None]
+        spe = [r["seconds_per_epoch"] for r in rows if r["seconds_per_epoch"] is not None]
         models.append({
             "model": name, "seeds": [r["seed"] for r in rows], "accuracies": accs,
             "accuracy_mean": ms["mean"], "accuracy_std": ms["std"],
             "ci_low": rows[0]["ci_low"], "ci_high": rows[0]["ci_high"],
             "parameters": rows[0]["parameters"], "checkpoint_bytes": rows[0]["checkpoint_bytes"],
             "train_seconds_mean": float(np.mean(tsec)) if tsec else None,
+            "seconds_per_epoch": float(np.median(spe)) if spe else None,
+            "epochs_trained": rows[0]["epochs_trained"],
             "latency_ms_p50": float(np.median(lat)) if lat else None,
             "throughput_per_s": rows[0]["throughput_per_s"],
         })

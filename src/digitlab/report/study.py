@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file as load_np, save_file as save_np
+from safetensors.numpy import load_file as load_np
+from safetensors.numpy import save_file as save_np
 
 from digitlab.errors import ConfigError, RunExistsError
 from digitlab.report.compare import RunEvaluation, compare_evaluations, comparison_figures, evaluate_source
-from digitlab.report.html import Report, Section, fmt
+from digitlab.report.html import Report, fmt
 from digitlab.utils import atomic_path, ensure_new_dir, to_jsonable, write_json_atomic, write_text_atomic
 
 ZOO = ("mlp-basic-128", "mlp-basic-256", "mlp-basic-512", "mlp-selected", "mlp-128-64", "mlp-bn",
@@ -251,7 +252,8 @@ def build_report(study: Study, ds: Any, explore: dict[str, Any], evals: list[Run
     names = list(ds.spec.class_names)
     rep = Report("digitlab study report",
                  f"preset {preset.name} — {preset.description}; {len(evals)} runs; "
-                 f"wall time {wall_seconds / 60:.1f} min; generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+                 f"wall time {wall_seconds / 60:.1f} min; "
+                 f"generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
     s = rep.section("overview", "Overview")
     machine = machine_info()
@@ -299,10 +301,11 @@ def build_report(study: Study, ds: Any, explore: dict[str, Any], evals: list[Run
 
     # --- results ------------------------------------------------------------------
     s = rep.section("comparison", "Comparison")
-    s.table(["model", "accuracy (mean)", "± std (seeds)", "95% CI low", "95% CI high", "params", "train s",
-             "latency p50 ms", "images/s"],
-            [[m["model"], m["accuracy_mean"], m["accuracy_std"], m["ci_low"], m["ci_high"], m["parameters"],
-              m["train_seconds_mean"], m["latency_ms_p50"], m["throughput_per_s"]] for m in comparison["models"]])
+    s.table(["model", "epochs", "accuracy (mean)", "± std (seeds)", "95% CI low", "95% CI high", "params",
+             "train s", "s/epoch", "latency p50 ms", "images/s"],
+            [[m["model"], m.get("epochs_trained"), m["accuracy_mean"], m["accuracy_std"], m["ci_low"], m["ci_high"],
+              m["parameters"], m["train_seconds_mean"], m.get("seconds_per_epoch"), m["latency_ms_p50"],
+              m["throughput_per_s"]] for m in comparison["models"]], digits=4)
     s.text("CI: bootstrap 95% interval of test accuracy (seed 0 run, "
            f"{preset.n_boot} resamples). Latency: batch 1, CPU, median of {preset.speed_repeats} calls.", note=True)
     for name, png in comparison_figures(comparison).items():
@@ -367,7 +370,8 @@ def build_report(study: Study, ds: Any, explore: dict[str, Any], evals: list[Run
         any_model = next(iter(rob.values()))
         s.figure(plots.noise_curve_png(any_model["noise"]["std"], {m: r["noise"]["accuracy"] for m, r in rob.items()}),
                  "accuracy vs Gaussian noise σ", width=520)
-        s.figure(plots.curves_png(any_model["rotation"]["angle"], {m: r["rotation"]["accuracy"] for m, r in rob.items()},
+        rotation = {m: r["rotation"]["accuracy"] for m, r in rob.items()}
+        s.figure(plots.curves_png(any_model["rotation"]["angle"], rotation,
                                   xlabel="rotation (degrees)", title="accuracy vs rotation"),
                  "accuracy vs rotation", width=520)
         s.figure(plots.curves_png(any_model["shift"]["shift"], {m: r["shift"]["accuracy"] for m, r in rob.items()},
@@ -435,12 +439,16 @@ def summary_markdown(data: dict[str, Any]) -> str:
     lines = [f"# digitlab study ({data['preset']['name']})", "",
              f"Wall time {data['wall_seconds']:.0f} s on {data['machine']['cpu']} "
              f"({data['machine']['torch_threads']} threads).", "",
-             "| model | test accuracy | ± std (seeds) | 95% CI (seed 0) | params | train s | latency p50 ms |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | epochs trained | test accuracy | ± std (seeds) | 95% CI (seed 0) | params | train s "
+             "| s/epoch | latency p50 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m in comp["models"]:
         std = f"{m['accuracy_std']:.4f}" if m["accuracy_std"] is not None else "—"
-        lines.append(f"| {m['model']} | {m['accuracy_mean']:.4f} | {std} | {m['ci_low']:.4f}–{m['ci_high']:.4f} | "
-                     f"{m['parameters']:,} | {fmt(m['train_seconds_mean'], 1)} | {fmt(m['latency_ms_p50'], 2)} |")
+        epochs = "fit" if m.get("epochs_trained") is None else f"{m['epochs_trained']:.2f}"
+        lines.append(f"| {m['model']} | {epochs} | {m['accuracy_mean']:.4f} | {std} | "
+                     f"{m['ci_low']:.4f}–{m['ci_high']:.4f} | {m['parameters']:,} | "
+                     f"{fmt(m['train_seconds_mean'], 1)} | "
+                     f"{fmt(m.get('seconds_per_epoch'), 1)} | {fmt(m['latency_ms_p50'], 2)} |")
     lines += ["", "Recommendations:", ""]
     lines += [f"- **{r['role']}**: {r['model']} — {r['reason']}" for r in comp["recommendations"]]
     return "\n".join(lines) + "\n"

@@ -94,7 +94,7 @@ def evaluate_split(model: nn.Module, split: Split, batch_size: int = 1000,
     model.eval()
     loss_sum = torch.zeros((), device=split.labels.device)
     correct = torch.zeros((), device=split.labels.device)
-    for start, x in zip(range(0, len(split), batch_size), iterate_eval(split.images, batch_size)):
+    for start, x in zip(range(0, len(split), batch_size), iterate_eval(split.images, batch_size), strict=True):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = split.labels[start:start + batch_size]
