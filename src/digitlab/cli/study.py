@@ -61,7 +61,7 @@ def run_study_cmd(args: argparse.Namespace) -> int:
 
 
 def run_compare_cmd(args: argparse.Namespace) -> int:
-    from digitlab.report.compare import comparison_figures, compare_sources, format_table
+    from digitlab.report.compare import compare_sources, comparison_figures, format_table
 
     dataset = args.dataset if args.dataset != "mnist" else None
     result, _ = compare_sources(args.runs, dataset=dataset, data_dir=args.data_dir,
