@@ -1,0 +1,394 @@
+"""Export a trained model to ONNX (fp32, optionally int8) and verify it on the test set.
+
+The exporter is torch's ``torch.export``-based ONNX exporter (``dynamo=True``,
+the default since torch 2.9, opset 18, needs ``onnxscript``); if it cannot
+capture a model we fall back to the legacy TorchScript exporter and say so in
+the report. Either way the batch axis is dynamic, the graph is checked with
+``onnx.checker`` (full check, with shape inference) and the result is compared
+with the PyTorch model on the whole MNIST test set: argmax agreement and the
+largest probability difference.
+
+int8 uses onnxruntime's static quantization (QDQ format, per-channel int8
+weights, uint8 activations, MinMax calibration over training images) — for a
+conv net this quantizes convolutions too, which dynamic quantization doesn't.
+
+Outputs are written atomically and never overwrite an existing file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from digitlab.errors import CheckpointError, ConfigError, RunExistsError
+from digitlab.inference.predictor import ONNX_META_KEY, softmax
+from digitlab.train.checkpoint import checkpoint_file, load_checkpoint
+
+__all__ = ["benchmark_inference", "default_onnx_path", "export_onnx", "int8_path"]
+
+DEFAULT_OPSET = 18
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+log = logging.getLogger(__name__)
+
+
+def default_onnx_path(source: str | os.PathLike[str]) -> Path:
+    """``RUN/model.onnx`` for a run directory, ``X.onnx`` next to ``X.safetensors``."""
+    return checkpoint_file(source).with_suffix(".onnx")
+
+
+def int8_path(onnx_path: str | os.PathLike[str]) -> Path:
+    """``model.onnx`` → ``model.int8.onnx``."""
+    p = Path(onnx_path)
+    return p.with_name(p.stem + ".int8.onnx")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _quiet():
+    """Silence the exporters' chatter (stdout prints, warnings, torchvision notices)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    import warnings
+
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript"):
+        logger = logging.getLogger(name)
+        old = logger.level
+        logger.setLevel(logging.ERROR)
+        stack.callback(logger.setLevel, old)
+    return stack
+
+
+def _export_proto(model: torch.nn.Module, opset: int, exporter: str):
+    """Export to an in-memory ``onnx.ModelProto``; returns ``(proto, exporter used, fallback reason)``."""
+    import onnx
+
+    dummy = torch.zeros(2, 1, 28, 28)
+    reason = None
+    if exporter in ("auto", "dynamo"):
+        try:
+            with _quiet():
+                program = torch.onnx.export(
+                    model, (dummy,), None, dynamo=True, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},),
+                    optimize=True, verbose=False)
+            return program.model_proto, "dynamo", None
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many error types
+            if exporter == "dynamo":
+                raise CheckpointError(f"torch.export-based ONNX export failed: {exc}") from None
+            first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0]  # no ANSI colours
+            reason = f"{type(exc).__name__}: {first[:300]}"
+            log.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter", reason)
+    buf = io.BytesIO()
+    try:
+        with _quiet():
+            torch.onnx.export(model, (dummy,), buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"ONNX export failed with both exporters: {exc}") from None
+    return onnx.load_from_string(buf.getvalue()), "torchscript", reason
+
+
+def _set_metadata(proto, meta: dict[str, Any]) -> None:
+    """Store the checkpoint metadata so an ONNX file still says what model it is."""
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key = ONNX_META_KEY
+    entry.value = json.dumps(meta)
+    proto.doc_string = f"digitlab {meta.get('model')}: N×1×28×28 float pixels in [0,1] -> N×10 logits"
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file atomically; refuse if ``path`` exists (even if created meanwhile)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        try:
+            os.link(tmp, path)  # atomic and no-clobber
+        except FileExistsError:
+            raise RunExistsError(_exists_msg(path)) from None
+        except OSError:  # filesystem without hard links
+            if path.exists():
+                raise RunExistsError(_exists_msg(path)) from None
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _exists_msg(path: Path) -> str:
+    return f"{path} already exists; choose another --out or delete it first"
+
+
+def _session(path_or_bytes: Path | bytes, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _ort_probs(session, x: np.ndarray, batch: int = 1000) -> np.ndarray:
+    return softmax(np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0]
+                                   for i in range(0, x.shape[0], batch)]))
+
+
+def _torch_probs(model: torch.nn.Module, x: np.ndarray, batch: int = 1000) -> np.ndarray:
+    with torch.inference_mode():
+        logits = [model(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, x.shape[0], batch)]
+    return softmax(np.concatenate(logits))
+
+
+def _compare(ref: np.ndarray, probs: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    out = {"argmax_agreement": float((ref.argmax(1) == probs.argmax(1)).mean()),
+           "max_abs_prob_diff": float(np.abs(ref - probs).max()),
+           "mean_abs_prob_diff": float(np.abs(ref - probs).mean())}
+    if labels is not None:
+        out["accuracy"] = float((probs.argmax(1) == labels).mean())
+    return out
+
+
+class _CalibrationReader:
+    """Feeds calibration batches to onnxruntime.quantization (duck-types CalibrationDataReader)."""
+
+    def __init__(self, x: np.ndarray, batch: int = 100) -> None:
+        self._batches = iter([{INPUT_NAME: x[i:i + batch]} for i in range(0, x.shape[0], batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def _quantize_int8(fp32_bytes: bytes, calib: np.ndarray) -> bytes:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(_CalibrationReader, CalibrationDataReader):
+        pass
+
+    with tempfile.TemporaryDirectory(prefix="digitlab-quant-") as tmp:
+        src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        src.write_bytes(fp32_bytes)
+        with _quiet():
+            # shape inference + graph optimisation first, as onnxruntime recommends; some graphs
+            # (tree ensembles with data-dependent shapes) defeat symbolic shape inference: go without
+            try:
+                quant_pre_process(str(src), str(pre))
+            except Exception:  # noqa: BLE001
+                pre = src
+            quantize_static(str(pre), str(dst), Reader(calib), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+        return dst.read_bytes()
+
+
+def export_onnx(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    quantize: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "auto",
+    verify: bool = True,
+    dataset: str = "mnist",
+    data_dir: str | None = None,
+    calibration_size: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Export a checkpoint (run dir or ``.safetensors``) to ONNX; returns a JSON-able report.
+
+    ``out`` defaults to :func:`default_onnx_path`; with ``quantize="int8"`` the
+    quantized model goes to :func:`int8_path` of it. ``verify`` runs both models
+    on the whole test split of ``dataset`` (otherwise only on 64 random inputs).
+    """
+    t0 = time.perf_counter()
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize {quantize!r} is not supported (use int8)")
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"unknown exporter {exporter!r} (use one of {', '.join(EXPORTERS)})")
+    ckpt = checkpoint_file(source)
+    out = Path(out) if out is not None else default_onnx_path(source)
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"--out {out}: the file name must end in .onnx")
+    targets = [out] + ([int8_path(out)] if quantize else [])
+    for t in targets:  # fail before doing any work
+        if t.exists():
+            raise RunExistsError(_exists_msg(t))
+
+    model, meta = load_checkpoint(ckpt, device="cpu")
+    proto, used, fallback = _export_proto(model, opset, exporter)
+    import onnx
+
+    meta = {**meta, "export": {"exporter": used, "opset": opset, "source": str(ckpt)}}
+    _set_metadata(proto, meta)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise CheckpointError(f"exported ONNX graph fails onnx.checker: {exc}") from None
+    fp32_bytes = proto.SerializeToString()
+    session = _session(fp32_bytes)
+
+    report: dict[str, Any] = {
+        "source": str(source), "model": meta.get("model"), "exporter": used, "opset": opset,
+        "checkpoint_bytes": ckpt.stat().st_size,
+    }
+    if fallback:
+        report["exporter_fallback_reason"] = fallback
+
+    labels = test_x = None
+    if verify or quantize:
+        from digitlab.data import load_dataset, to_float
+
+        ds = load_dataset(dataset, data_dir, progress=progress)
+        test_x = to_float(ds.test_images).numpy()
+        labels = ds.test_labels.numpy()
+    if verify:
+        ref = _torch_probs(model, test_x)
+        fp32 = _compare(ref, _ort_probs(session, test_x), labels)
+        report["verification"] = {"dataset": dataset, "split": "test", "images": int(test_x.shape[0]),
+                                  "accuracy_torch": float((ref.argmax(1) == labels).mean()), **fp32}
+    else:
+        rnd = np.random.default_rng(seed).random((64, 1, 28, 28), dtype=np.float32)
+        ref = _torch_probs(model, rnd)
+        report["verification"] = {"dataset": None, "images": 64, "inputs": "random",
+                                  **_compare(ref, _ort_probs(session, rnd), None)}
+
+    int8_bytes = None
+    if quantize:
+        rng = np.random.default_rng(seed)
+        train = ds.train_images
+        idx = np.sort(rng.choice(train.shape[0], min(calibration_size, train.shape[0]), replace=False))
+        calib = to_float(train[torch.from_numpy(idx)]).numpy()
+        try:
+            int8_bytes = _quantize_int8(fp32_bytes, calib)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises anything
+            raise CheckpointError(f"int8 quantization failed: {type(exc).__name__}: {exc}") from None
+        q = onnx.load_from_string(int8_bytes)
+        _set_metadata(q, {**meta, "quantization": {"dtype": "int8", "method": "static-qdq-per-channel",
+                                                   "calibration_images": int(calib.shape[0])}})
+        int8_bytes = q.SerializeToString()
+        q_session = _session(int8_bytes)
+        source_probs = ref if verify else _torch_probs(model, test_x)
+        fp32_acc = float((_ort_probs(session, test_x).argmax(1) == labels).mean()) if not verify \
+            else report["verification"]["accuracy"]
+        q_cmp = _compare(source_probs, _ort_probs(q_session, test_x), labels)
+        report["int8"] = {
+            "path": str(targets[1]), "bytes": len(int8_bytes),
+            "size_ratio": len(int8_bytes) / len(fp32_bytes),
+            "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations, "
+                      f"MinMax calibration on {calib.shape[0]} training images",
+            "accuracy": q_cmp["accuracy"], "accuracy_fp32": fp32_acc,
+            "accuracy_change_points": 100.0 * (q_cmp["accuracy"] - fp32_acc),
+            "argmax_agreement_with_torch": q_cmp["argmax_agreement"],
+            "max_abs_prob_diff": q_cmp["max_abs_prob_diff"],
+        }
+
+    _write_new(out, fp32_bytes)
+    report["onnx"] = {"path": str(out), "bytes": len(fp32_bytes)}
+    if int8_bytes is not None:
+        try:
+            _write_new(targets[1], int8_bytes)
+        except BaseException:
+            out.unlink()  # all or nothing
+            raise
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return report
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def _timings(fn, x1: np.ndarray, xb: np.ndarray, warmup: int, iters: int, min_seconds: float
+             ) -> dict[str, Any]:
+    for _ in range(warmup):
+        fn(x1)
+    lat = []
+    start = time.perf_counter()
+    while len(lat) < iters or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        fn(x1)
+        lat.append(time.perf_counter() - t)
+    fn(xb)
+    n, start = 0, time.perf_counter()
+    while n < 5 or time.perf_counter() - start < min_seconds:
+        fn(xb)
+        n += 1
+    elapsed = time.perf_counter() - start
+    lat_ms = np.asarray(lat) * 1000.0
+    return {"batch1_p50_ms": float(np.percentile(lat_ms, 50)),
+            "batch1_p95_ms": float(np.percentile(lat_ms, 95)), "batch1_runs": len(lat),
+            "throughput_images_per_s": float(n * xb.shape[0] / elapsed),
+            "throughput_batch": int(xb.shape[0])}
+
+
+def benchmark_inference(
+    source: str | os.PathLike[str],
+    onnx_models: dict[str, str | os.PathLike[str]] | None = None,
+    *,
+    threads: int = 1,
+    batch_size: int = 256,
+    warmup: int = 20,
+    iters: int = 300,
+    min_seconds: float = 1.0,
+) -> dict[str, Any]:
+    """Latency (batch 1, p50/p95) and throughput (``batch_size``) of eager PyTorch vs ONNX models.
+
+    ``onnx_models`` maps a name (``"onnx-fp32"``, ``"onnx-int8"``) to a file. Every
+    backend gets ``threads`` intra-op threads so the comparison is fair.
+    """
+    model, meta = load_checkpoint(source, device="cpu")
+    rng = np.random.default_rng(0)
+    x1 = rng.random((1, 1, 28, 28), dtype=np.float32)
+    xb = rng.random((batch_size, 1, 28, 28), dtype=np.float32)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        def run_torch(x: np.ndarray) -> None:
+            with torch.inference_mode():
+                model(torch.from_numpy(x))
+
+        results = {"torch-eager": _timings(run_torch, x1, xb, warmup, iters, min_seconds)}
+    finally:
+        torch.set_num_threads(old_threads)
+    for name, path in (onnx_models or {}).items():
+        session = _session(Path(path), threads=threads)
+        results[name] = _timings(lambda x, s=session: s.run(None, {INPUT_NAME: x}), x1, xb, warmup, iters,
+                                 min_seconds)
+        results[name]["bytes"] = Path(path).stat().st_size
+    import onnxruntime
+
+    return {"model": meta.get("model"), "threads": threads, "batch_size": batch_size,
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "backends": results}

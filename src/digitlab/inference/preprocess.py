@@ -1,0 +1,498 @@
+"""Turn real-world pictures of digits into MNIST-form 28×28 images.
+
+MNIST digits (LeCun et al.) are white ink on black, size-normalised to fit a
+20×20 box with their aspect ratio kept (anti-aliased, so the box holds grey
+levels), then placed in a 28×28 field with the centre of mass of the pixels at
+the centre. :func:`to_mnist` reproduces that from any picture Pillow can read:
+
+1. decode (first frame, EXIF orientation applied, decompression-bomb guard);
+2. flatten transparency onto the background the visible pixels imply, so a
+   transparent layer with black strokes reads as black ink on white paper;
+3. detect polarity (the paper is the majority and the border; if those disagree, the
+   reading that looks more like a digit wins) and invert dark-on-light;
+4. remove the paper level — locally, for unevenly lit photos (flat-field via a large
+   grey closing) — and normalise contrast so a typical stroke is 1;
+5. threshold, drop specks (small connected components) and crop to the ink's
+   bounding box;
+6. thicken hair-line strokes to MNIST's relative stroke width;
+7. fit into 20×20 keeping the aspect ratio, and place in 28×28 so the centre of
+   mass is at (14, 14) in array indices — where MNIST's own digits have it.
+
+Everything is vectorised numpy / scipy.ndimage / Pillow; no per-pixel Python.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
+
+from digitlab.errors import ImageError
+
+__all__ = [
+    "MAX_IMAGE_PIXELS", "ImageSource", "ImageTooLargeError", "ink_map", "load_image", "split_digits",
+    "to_mnist",
+]
+
+MAX_IMAGE_PIXELS = 40_000_000
+"""Refuse images with more pixels than this (decoded size, read from the header before decoding)."""
+
+WORK_MAX_SIDE = 1024
+"""Larger images are reduced to at most this side before analysis: plenty for a 20×20 target."""
+
+BOX = 20
+"""MNIST's size-normalisation box."""
+
+SIDE = 28
+CENTRE = 14.0
+"""MNIST's centre of mass in array-index coordinates (measured: 14.00 ± 0.29 on the training set)."""
+
+TARGET_STROKE = 2.5
+"""Stroke width given to thickened strokes, in 28×28 pixels (MNIST median: 2.8, 10th percentile 2.2)."""
+
+MIN_STROKE = 1.5
+"""Thinner strokes (after scaling to the 20×20 box) are thickened to :data:`TARGET_STROKE`."""
+
+MIN_CONTRAST = 0.08
+"""Below this ink-to-paper contrast (luminance 0..1) the picture counts as blank."""
+
+ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+
+
+class ImageTooLargeError(ImageError):
+    """The image (bytes or decoded pixels) exceeds the configured limit."""
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def load_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS,
+               max_bytes: int | None = None) -> Image.Image:
+    """Decode ``source`` into a fully loaded :class:`PIL.Image.Image` (first frame).
+
+    ``source`` may be a path, raw bytes, a binary file object, a PIL image or a
+    numpy array (``H×W`` grey, ``H×W×3`` RGB or ``H×W×4`` RGBA). Raises
+    :class:`ImageError` for missing, empty, unreadable or truncated data and
+    :class:`ImageTooLargeError` when the header declares more than
+    ``max_pixels`` pixels (checked before any pixel is decoded) or the data is
+    larger than ``max_bytes``.
+    """
+    if isinstance(source, Image.Image):
+        _check_pixels(source.size, max_pixels, "image")
+        return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source, max_pixels)
+    name, data = _read_source(source, max_bytes)
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    # PIL warns above Image.MAX_IMAGE_PIXELS and raises above twice that; treat both as
+    # a bomb. (catch_warnings is process-global; our own header check below is what
+    # enforces the limit, the filter only keeps PIL's warning out of logs.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+            _check_pixels(img.size, max_pixels, name)
+            try:
+                img.seek(0)  # first frame of GIF/APNG/TIFF stacks
+            except EOFError:
+                pass
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageTooLargeError(f"{name}: image too large (decompression-bomb guard: {exc})") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{name}: not an image, or a format Pillow cannot read") from None
+        except Exception as exc:  # noqa: BLE001 - decoders of untrusted data raise anything
+            raise ImageError(f"{name}: truncated or corrupt image ({type(exc).__name__}: {exc})") from None
+    return img
+
+
+def _read_source(source: ImageSource, max_bytes: int | None) -> tuple[str, bytes]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        name = "image data"
+    elif isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        if os.path.isdir(name):
+            raise ImageError(f"{name}: is a directory, not an image")
+        try:
+            with open(name, "rb") as fh:
+                data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+        except FileNotFoundError:
+            raise ImageError(f"{name}: file not found") from None
+        except OSError as exc:
+            raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    elif hasattr(source, "read"):
+        name = str(getattr(source, "name", "image stream"))
+        data = source.read() if max_bytes is None else source.read(max_bytes + 1)
+    else:
+        raise ImageError(f"cannot read an image from a {type(source).__name__}")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageTooLargeError(f"{name}: larger than the {max_bytes}-byte limit")
+    return name, data
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{name}: image has no pixels ({w}×{h})")
+    if w * h > max_pixels:
+        raise ImageTooLargeError(f"{name}: {w}×{h} pixels exceeds the limit of {max_pixels} "
+                                 "(decompression-bomb guard)")
+
+
+def _from_array(arr: np.ndarray, max_pixels: int) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ImageError(f"array of shape {arr.shape} is not an image (need H×W, H×W×3 or H×W×4)")
+    _check_pixels((arr.shape[1], arr.shape[0]), max_pixels, "array")
+    if arr.dtype != np.uint8:
+        a = np.asarray(arr, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ImageError("array contains NaN or infinite values")
+        # floats in [0, 1] are scaled; anything else is taken as 0..255
+        a = a * 255.0 if a.size and a.max() <= 1.0 and a.min() >= 0.0 and arr.dtype.kind == "f" else a
+        arr = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    mode = "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA")
+    return Image.fromarray(np.ascontiguousarray(arr), mode)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def _canonical(img: Image.Image) -> Image.Image:
+    """One of ``L``, ``RGBA`` (when there is any transparency) or ``F`` (16/32-bit data)."""
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        return img.convert("RGBA")
+    if img.mode.startswith("I") or img.mode == "F":
+        return img.convert("F") if img.mode != "F" else img
+    return img.convert("L")
+
+
+def _luminance_alpha(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Working-resolution luminance in [0, 1] and alpha (``None`` when fully opaque)."""
+    src_mode = img.mode
+    try:
+        img = _canonical(img)
+    except (ValueError, OSError) as exc:
+        raise ImageError(f"cannot convert a {src_mode} image to greyscale ({exc})") from None
+    factor = -(-max(img.size) // WORK_MAX_SIDE)
+    if factor > 1:
+        img = img.reduce(factor)  # box filter; premultiplies alpha for RGBA
+    if img.mode == "F":
+        lum = np.asarray(img, dtype=np.float32)
+        hi = float(lum.max()) if lum.size else 1.0
+        # 16-bit grey is 0..65535; plain F images may already be 0..1 or 0..255
+        scale = 65535.0 if src_mode.startswith("I;16") or hi > 255 else (255.0 if hi > 1.0 else 1.0)
+        return np.clip(lum / scale, 0.0, 1.0), None
+    if img.mode == "L":
+        return np.asarray(img, dtype=np.float32) / 255.0, None
+    rgba = np.asarray(img, dtype=np.float32) / 255.0
+    lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma
+    alpha = rgba[..., 3]
+    return lum, (alpha if alpha.min() < 0.98 else None)
+
+
+def _flatten_alpha(lum: np.ndarray, alpha: np.ndarray) -> np.ndarray | None:
+    """Composite onto the background the visible pixels imply; ``None`` if nothing is visible.
+
+    When most of the picture is opaque, the transparent parts are margins around
+    paper: fill them with the paper's colour. When only a minority is visible,
+    the visible pixels are the strokes on a transparent layer: fill with the
+    colour that contrasts with them (white behind dark strokes, black behind light).
+    """
+    visible = alpha > 0.5
+    if not visible.any():
+        return None
+    if visible.mean() > 0.5:
+        bg = float(np.median(lum[visible]))
+    else:
+        bg = 1.0 if float(np.median(lum[visible])) < 0.5 else 0.0
+    return alpha * lum + (1.0 - alpha) * bg
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    b = max(1, round(0.02 * min(a.shape)))
+    return np.concatenate([a[:b].ravel(), a[-b:].ravel(), a[b:-b, :b].ravel(), a[b:-b, -b:].ravel()])
+
+
+def _otsu(x: np.ndarray) -> float:
+    """Otsu's threshold of values in [0, 1] (vectorised over a 256-bin histogram)."""
+    bins = np.minimum((x * 256).astype(np.int32), 255)  # x is already clipped to [0, 1]
+    p = np.bincount(bins.ravel(), minlength=256).astype(np.float64) / max(1, x.size)
+    centres = (np.arange(256) + 0.5) / 256
+    w0 = np.cumsum(p)
+    m = np.cumsum(p * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (m[-1] * w0 - m) ** 2 / (w0 * (1.0 - w0))
+    between = np.nan_to_num(between, nan=0.0, posinf=0.0)
+    return float(centres[int(np.argmax(between))])
+
+
+def _flat_field(lum: np.ndarray, invert: bool) -> np.ndarray | None:
+    """Ink relative to the local paper level, for unevenly lit photos; ``None`` if lighting is even.
+
+    The paper's illumination is estimated with a grey closing (dark ink on light
+    paper) or opening (light ink on dark) over a window a third of the short
+    side: it erases strokes narrower than the window and follows smooth shading
+    (exactly, for a linear ramp). Dark-on-light ink is the fraction of light the
+    ink absorbs (``1 - lum / paper``), light-on-dark the excess over the ground.
+    """
+    win = max(3, min(lum.shape) // 3)
+    if invert:
+        # estimate on a 4× reduced copy for speed: illumination is smooth anyway
+        f = max(1, min(4, min(lum.shape) // 64))
+        small = lum[: lum.shape[0] // f * f, : lum.shape[1] // f * f]
+        small = small.reshape(small.shape[0] // f, f, small.shape[1] // f, f).mean(axis=(1, 3))
+        level = ndimage.grey_closing(small, size=(max(3, win // f),) * 2)
+    else:
+        f = 1
+        level = ndimage.grey_opening(lum, size=(win, win))
+    lo, hi = np.percentile(level, [5, 95])
+    if hi - lo < 0.1:
+        return None
+    if f > 1:
+        zoom = (lum.shape[0] / level.shape[0], lum.shape[1] / level.shape[1])
+        level = ndimage.zoom(level, zoom, order=1, mode="nearest", grid_mode=True)
+    if invert:
+        return 1.0 - lum / np.maximum(level, 1e-3)
+    return lum - level
+
+
+def ink_map(image: ImageSource, *, invert: bool | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+            ) -> np.ndarray:
+    """Float ``H×W`` ink intensity in [0, 1] (0 paper, 1 stroke) at working resolution.
+
+    Transparency flattened, polarity fixed (``invert=None`` detects it from the
+    paper colour), lighting evened out, contrast normalised, specks removed. All zeros for a
+    blank picture.
+    """
+    img = image if isinstance(image, Image.Image) else load_image(image, max_pixels=max_pixels)
+    lum, alpha = _luminance_alpha(img)
+    if alpha is not None:
+        flat = _flatten_alpha(lum, alpha)
+        if flat is None:
+            return np.zeros_like(lum)
+        lum = flat
+    # Polarity. Split the pixels into a light and a dark class (Otsu, so grey paper in a dim
+    # photo still counts as light). Usually the paper is both the majority class and the
+    # border's class. When those disagree (a sheet photographed on a dark desk: the border is
+    # desk; a tight crop of a bold digit: ink is the majority) build both readings and keep
+    # the more digit-like one.
+    level = _detrend(lum)  # votes on evenly lit luminance: shading must not split the paper
+    light = level > _otsu(level)
+    if invert is not None:
+        return _ink_for(lum, light, invert)
+    by_majority = bool(light.mean() > 0.5)
+    by_border = bool(_border(light).mean() > 0.5)
+    if by_majority == by_border and abs(float(light.mean()) - 0.5) > 0.1:
+        return _ink_for(lum, light, by_majority)
+    return min((_ink_for(lum, light, inv) for inv in (True, False)), key=_implausibility)
+
+
+def _detrend(lum: np.ndarray) -> np.ndarray:
+    """``lum`` minus its least-squares plane (a light gradient), recentred on 0.5, in [0, 1].
+
+    A plane, not a curved surface: a curved one would also fit a bold stroke
+    crossing the picture (white-black-white is a parabola) and erase it.
+    """
+    h, w = lum.shape
+    if h < 8 or w < 8:
+        return lum
+    step = max(1, int(np.sqrt(h * w / 4096)))  # ~4k samples are plenty for 3 coefficients
+    ys, xs = np.linspace(-1, 1, h), np.linspace(-1, 1, w)
+    yy, xx = np.meshgrid(ys[::step], xs[::step], indexing="ij")
+    basis = np.stack([np.ones_like(yy), xx, yy], axis=-1).reshape(-1, 3)
+    coef, *_ = np.linalg.lstsq(basis, lum[::step, ::step].reshape(-1).astype(np.float64), rcond=None)
+    plane = coef[0] + coef[1] * xs[None, :] + coef[2] * ys[:, None]
+    return np.clip(lum - plane + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def _implausibility(ink: np.ndarray) -> float:
+    """How little ``ink`` looks like pen strokes on paper (lower is more plausible).
+
+    Strokes are thin for their extent while paper regions are fat blobs, and ink
+    rarely runs along the picture's edge: relative stroke width + edge coverage.
+    """
+    mask = ink > 0.5
+    box = _bbox(mask)
+    if box is None:
+        return 3.0  # no ink at all is the least plausible reading of a picture with contrast
+    extent = max(box[1] - box[0], box[3] - box[2])
+    return float(_stroke_width(mask) / extent + _border(mask).mean())
+
+
+def _ink_for(lum: np.ndarray, light: np.ndarray, invert: bool) -> np.ndarray:
+    """The ink map for one polarity (``invert``: dark ink on light paper)."""
+    paper_px = lum[light] if invert else lum[~light]
+    paper = float(np.median(paper_px)) if paper_px.size else (1.0 if invert else 0.0)
+    x = np.clip((paper - lum) if invert else (lum - paper), 0.0, 1.0)  # one paper level
+    t = _otsu(x)
+    on_paper = lum[x <= t]
+    if on_paper.size and float(np.subtract(*np.percentile(on_paper, [95, 5]))) > 0.1:
+        # the paper itself is uneven (shading, a desk around the sheet): level it locally.
+        # Not otherwise: the local estimate would hollow out strokes wider than its window.
+        flat = _flat_field(lum, invert)
+        if flat is not None:
+            x = np.clip(flat, 0.0, 1.0)
+            t = _otsu(x)
+    if x.size == 0 or float(x.max()) < MIN_CONTRAST:
+        return np.zeros_like(x)
+    # typical stroke intensity = median of the Otsu "ink" class; normalise it to 1 and
+    # drop the faint floor (paper texture, JPEG ringing)
+    strong = x > t
+    level = float(np.median(x[strong])) if strong.any() else float(x.max())
+    floor = 0.1 * level
+    x = np.clip((x - floor) / max(level - floor, 1e-6), 0.0, 1.0)
+    return _remove_specks(x)
+
+
+def _remove_specks(x: np.ndarray, rel_area: float = 0.05) -> np.ndarray:
+    """Zero everything but the neighbourhood of sizeable connected ink components."""
+    mask = x > 0.5
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros_like(x)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    # dark regions lying along the picture's edge (the desk around a photographed sheet, a
+    # shadow, the page edge) cover half a side or more; a pen stroke touches it over its width
+    h, w = x.shape
+    frame = np.zeros(n, bool)
+    for side, length in ((labels[0], w), (labels[-1], w), (labels[:, 0], h), (labels[:, -1], h)):
+        frame |= np.bincount(side, minlength=n + 1)[1:] >= 0.5 * length
+    if frame.any() and not frame.all():
+        areas = np.where(frame, 0, areas)
+    keep_ids = np.flatnonzero(areas >= max(2, rel_area * areas.max())) + 1
+    if keep_ids.size == 0:  # only isolated pixels: noise
+        return np.zeros_like(x)
+    keep = np.isin(labels, keep_ids)
+    # grow by half a stroke width + 1 so the anti-aliased rims of kept strokes survive; work in
+    # the window around the kept strokes only (everything outside is zeroed anyway)
+    r0, r1, c0, c1 = _bbox(keep)  # type: ignore[misc]
+    keep_win = keep[max(0, r0 - 1):r1 + 1, max(0, c0 - 1):c1 + 1]
+    radius = _stroke_width(keep_win) / 2 + 1.5
+    m = int(np.ceil(radius)) + 1
+    win = (slice(max(0, r0 - m), r1 + m), slice(max(0, c0 - m), c1 + m))
+    sub = x[win] * (ndimage.distance_transform_edt(~keep[win]) <= radius)
+    # ...but only the faint pixels attached to a kept stroke, not a speck that happens to be close
+    faint, _ = ndimage.label(sub > 0, structure=np.ones((3, 3), bool))
+    out = np.zeros_like(x)
+    out[win] = sub * np.isin(faint, np.unique(faint[keep[win]]))
+    return out
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width in pixels: 2·area / perimeter (a stroke of length L, width w has area Lw)."""
+    area = int(mask.sum())
+    if area == 0:
+        return 0.0
+    perimeter = int((mask & ~ndimage.binary_erosion(mask, border_value=0)).sum())
+    return 2.0 * area / max(perimeter, 1)
+
+
+def _bbox(x: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows = np.flatnonzero(x.any(axis=1))
+    cols = np.flatnonzero(x.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _thicken(crop: np.ndarray) -> np.ndarray:
+    """Dilate hair-line strokes so that, scaled to the 20×20 box, they are MNIST-thick."""
+    side = max(crop.shape)
+    width = _stroke_width(crop > 0.5) * BOX / side
+    if width <= 0 or width >= MIN_STROKE:
+        return crop
+    radius = (TARGET_STROKE - width) / 2 * side / BOX  # in crop pixels
+    r = int(np.ceil(radius))
+    if r < 1:
+        return crop
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    disk = (yy ** 2 + xx ** 2) <= radius ** 2 + 0.5
+    padded = np.pad(crop, r)
+    return ndimage.grey_dilation(padded, footprint=disk)
+
+
+def _fit_and_centre(ink: np.ndarray) -> np.ndarray:
+    """Crop to the bounding box, fit into 20×20 (aspect kept), centre of mass at (14, 14)."""
+    box = _bbox(ink > 0)
+    if box is None:
+        return np.zeros((SIDE, SIDE), np.uint8)
+    r0, r1, c0, c1 = box
+    crop = _thicken(ink[r0:r1, c0:c1])
+    box = _bbox(crop > 0)
+    r0, r1, c0, c1 = box  # type: ignore[misc]
+    crop = crop[r0:r1, c0:c1]
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = Image.fromarray(crop.astype(np.float32), "F").resize(
+        size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # anti-aliased (kernel widened on reduce)
+    small = np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
+    peak = float(small.max())
+    if peak <= 0:
+        return np.zeros((SIDE, SIDE), np.uint8)
+    small = small / peak  # MNIST strokes always reach 255
+    sh, sw = small.shape
+    total = float(small.sum())
+    cy = float((small.sum(axis=1) * np.arange(sh)).sum()) / total
+    cx = float((small.sum(axis=0) * np.arange(sw)).sum()) / total
+    # integer shift, as MNIST (its centres of mass spread ±0.29 ≈ uniform rounding error)
+    oy = int(np.clip(round(CENTRE - cy), 0, SIDE - sh))
+    ox = int(np.clip(round(CENTRE - cx), 0, SIDE - sw))
+    out = np.zeros((SIDE, SIDE), np.float32)
+    out[oy:oy + sh, ox:ox + sw] = small
+    return np.rint(out * 255.0).astype(np.uint8)
+
+
+def to_mnist(image: ImageSource, *, invert: bool | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+             ) -> np.ndarray:
+    """Preprocess one picture of a single digit into MNIST form: ``uint8`` 28×28, white on black.
+
+    ``image``: path, bytes, file object, PIL image or numpy array (see :func:`load_image`).
+    ``invert``: ``None`` detects polarity (dark ink on light paper is inverted); ``True`` /
+    ``False`` force it. A blank picture gives an all-zero array.
+    """
+    return _fit_and_centre(ink_map(image, invert=invert, max_pixels=max_pixels))
+
+
+def split_digits(image: ImageSource, *, invert: bool | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+                 ) -> list[np.ndarray]:
+    """Split a picture of a multi-digit number into MNIST-form digits, left to right.
+
+    Digits are connected ink components; components whose horizontal extents
+    overlap by more than half of the narrower one (a detached bar of a 5, the
+    two strokes of a 4) are merged into one digit. Touching digits stay merged.
+    """
+    ink = ink_map(image, invert=invert, max_pixels=max_pixels)
+    labels, n = ndimage.label(ink > 0, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return []
+    slices = ndimage.find_objects(labels)
+    mass = ndimage.sum_labels(ink, labels, index=np.arange(1, n + 1))
+    # ignore faint fragments (well below the biggest digit's ink mass)
+    order = [i for i in np.argsort([s[1].start for s in slices]) if mass[i] >= 0.03 * mass.max()]
+    groups: list[tuple[int, int, list[int]]] = []  # (x0, x1, component ids)
+    for i in order:
+        x0, x1 = slices[i][1].start, slices[i][1].stop
+        if groups:
+            g0, g1, ids = groups[-1]
+            overlap = min(g1, x1) - max(g0, x0)
+            if overlap > 0.5 * min(g1 - g0, x1 - x0):
+                groups[-1] = (min(g0, x0), max(g1, x1), ids + [i + 1])
+                continue
+        groups.append((x0, x1, [i + 1]))
+    return [_fit_and_centre(ink * np.isin(labels, ids)) for _, _, ids in groups]

@@ -1,0 +1,256 @@
+// digitlab draw-a-digit page: pointer-event drawing, live predictions, probability bars,
+// and the 28×28 image the model saw. No dependencies; talks only to this server's /api.
+"use strict";
+
+(() => {
+  const pad = document.getElementById("pad");
+  const ctx = pad.getContext("2d");
+  const predictionEl = document.getElementById("prediction");
+  const confidenceEl = document.getElementById("confidence");
+  const barsEl = document.getElementById("bars");
+  const preview = document.getElementById("preview");
+  const previewCtx = preview.getContext("2d");
+  const statusEl = document.getElementById("status");
+  const fileInput = document.getElementById("file");
+
+  const STROKE = Math.round(pad.width / 12);   // thick, like MNIST's ~2.8 px strokes in 28 px
+  const THROTTLE_MS = 150;                      // at most ~7 requests/s while drawing
+
+  let version = 0;          // bumped on every change of the drawing
+  let clearedAt = 0;        // results for versions <= this are stale (drawing was cleared)
+  let shownVersion = 0;     // version whose result is on screen
+  let hasInk = false;
+  let drawing = false;
+  let pointerId = null;
+  let last = null;
+  let inFlight = false;
+  let timer = null;
+  let lastSent = 0;
+  let lastResult = null;
+  let requests = 0;         // predictions asked for (tests check live updates)
+
+  // ------------------------------------------------------------------ drawing
+
+  function resetPaper() {
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, pad.width, pad.height);
+  }
+
+  function pos(e) {
+    const r = pad.getBoundingClientRect();
+    return { x: (e.clientX - r.left) * pad.width / r.width, y: (e.clientY - r.top) * pad.height / r.height };
+  }
+
+  function dot(p) {
+    ctx.fillStyle = "#000";
+    ctx.beginPath();
+    ctx.arc(p.x, p.y, STROKE / 2, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+
+  function segment(a, b) {
+    ctx.strokeStyle = "#000";
+    ctx.lineWidth = STROKE;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(a.x, a.y);
+    ctx.lineTo(b.x, b.y);
+    ctx.stroke();
+  }
+
+  function changed() {
+    version += 1;
+    hasInk = true;
+  }
+
+  pad.addEventListener("pointerdown", (e) => {
+    if (e.pointerType === "mouse" && e.button !== 0) return;
+    if (drawing) return;                       // one pointer at a time
+    e.preventDefault();
+    pad.setPointerCapture(e.pointerId);
+    drawing = true;
+    pointerId = e.pointerId;
+    last = pos(e);
+    dot(last);
+    changed();
+    schedule();
+  });
+
+  pad.addEventListener("pointermove", (e) => {
+    if (!drawing || e.pointerId !== pointerId) return;
+    e.preventDefault();
+    const events = (e.getCoalescedEvents && e.getCoalescedEvents().length) ? e.getCoalescedEvents() : [e];
+    for (const ev of events) {
+      const p = pos(ev);
+      segment(last, p);
+      last = p;
+    }
+    changed();
+    schedule();
+  });
+
+  function endStroke(e) {
+    if (!drawing || e.pointerId !== pointerId) return;
+    drawing = false;
+    pointerId = null;
+    last = null;
+    if (timer !== null) { clearTimeout(timer); timer = null; }
+    requestPrediction();                       // the finished stroke: predict now
+  }
+  pad.addEventListener("pointerup", endStroke);
+  pad.addEventListener("pointercancel", endStroke);
+  pad.addEventListener("lostpointercapture", endStroke);
+
+  function clearAll() {
+    resetPaper();
+    version += 1;
+    clearedAt = version;
+    shownVersion = version;
+    hasInk = false;
+    lastResult = null;
+    if (timer !== null) { clearTimeout(timer); timer = null; }
+    predictionEl.textContent = "–";
+    predictionEl.dataset.label = "";
+    predictionEl.dataset.version = String(version);
+    confidenceEl.textContent = "";
+    renderBars(null);
+    previewCtx.clearRect(0, 0, 28, 28);
+    setStatus("Ready.");
+  }
+  document.getElementById("clear").addEventListener("click", clearAll);
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") clearAll(); });
+
+  // ------------------------------------------------------------------ predictions
+
+  function schedule() {                        // throttled prediction while drawing
+    if (timer !== null) return;
+    const wait = Math.max(0, THROTTLE_MS - (performance.now() - lastSent));
+    timer = setTimeout(() => { timer = null; requestPrediction(); }, wait);
+  }
+
+  function requestPrediction() {
+    if (!hasInk || inFlight) return;           // a running request re-checks when it ends
+    send(version, { image: pad.toDataURL("image/png") });
+  }
+
+  async function send(v, payload) {
+    inFlight = true;
+    requests += 1;
+    lastSent = performance.now();
+    try {
+      const r = await fetch("/api/predict", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(payload),
+      });
+      const body = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error(body.detail || `HTTP ${r.status}`);
+      if (v > clearedAt && v >= shownVersion) show(body, v);
+    } catch (err) {
+      setStatus(`Prediction failed: ${err.message}`, true);
+    } finally {
+      inFlight = false;
+      if (hasInk && version !== v) {           // the drawing changed meanwhile
+        if (drawing) schedule(); else requestPrediction();
+      }
+    }
+  }
+
+  function show(res, v) {
+    shownVersion = v;
+    lastResult = res;
+    predictionEl.textContent = String(res.label);
+    predictionEl.dataset.label = String(res.label);
+    predictionEl.dataset.version = String(v);
+    confidenceEl.textContent = res.blank ? "no ink found" : `${(100 * res.confidence).toFixed(1)}% sure`;
+    renderBars(res.probabilities);
+    renderPreview(res.preprocessed);
+    setStatus(`${res.elapsed_ms} ms on the server`);
+  }
+
+  function setStatus(text, isError = false) {
+    statusEl.textContent = text;
+    statusEl.classList.toggle("error", isError);
+  }
+
+  // ------------------------------------------------------------------ bars and preview
+
+  const bars = [];
+  for (let d = 0; d < 10; d++) {
+    const li = document.createElement("li");
+    li.id = `bar-${d}`;
+    li.innerHTML = '<span class="digit"></span><span class="track"><span class="fill"></span></span>' +
+                   '<span class="pct"></span>';
+    li.querySelector(".digit").textContent = String(d);
+    barsEl.appendChild(li);
+    bars.push({ li, fill: li.querySelector(".fill"), pct: li.querySelector(".pct") });
+  }
+
+  function renderBars(probs) {
+    const top = probs ? probs.indexOf(Math.max(...probs)) : -1;
+    bars.forEach((b, d) => {
+      const p = probs ? probs[d] : 0;
+      b.fill.style.width = `${(100 * p).toFixed(1)}%`;
+      b.pct.textContent = probs ? `${(100 * p).toFixed(1)}%` : "";
+      b.li.dataset.probability = String(p);
+      b.li.classList.toggle("top", d === top);
+    });
+  }
+
+  function renderPreview(pixels) {
+    const img = previewCtx.createImageData(28, 28);
+    for (let y = 0; y < 28; y++) {
+      for (let x = 0; x < 28; x++) {
+        const i = 4 * (28 * y + x);
+        const v = pixels[y][x];
+        img.data[i] = v; img.data[i + 1] = v; img.data[i + 2] = v; img.data[i + 3] = 255;
+      }
+    }
+    previewCtx.putImageData(img, 0, 0);
+  }
+
+  // ------------------------------------------------------------------ file upload
+
+  fileInput.addEventListener("change", async () => {
+    const file = fileInput.files[0];
+    if (!file) return;
+    const form = new FormData();
+    form.append("file", file);
+    setStatus(`Uploading ${file.name}…`);
+    try {
+      const r = await fetch("/api/predict", { method: "POST", body: form });
+      const body = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error(body.detail || `HTTP ${r.status}`);
+      clearAll();
+      show(body, version);
+      predictionEl.dataset.version = "file";
+      setStatus(`${file.name}: ${body.elapsed_ms} ms on the server`);
+    } catch (err) {
+      setStatus(`${file.name}: ${err.message}`, true);
+    } finally {
+      fileInput.value = "";
+    }
+  });
+
+  // ------------------------------------------------------------------ start
+
+  fetch("/api/models").then((r) => r.json()).then((m) => {
+    const info = (m.models || [])[0] || {};
+    const acc = info.metrics && info.metrics.test_accuracy;
+    document.getElementById("model-name").textContent =
+      `Model: ${info.model || "?"}${acc ? ` (${(100 * acc).toFixed(2)}% on the MNIST test set)` : ""}.`;
+  }).catch(() => {});
+
+  resetPaper();
+  renderBars(null);
+
+  // hooks for automated tests and curious users
+  window.digitlab = {
+    version: () => version,
+    busy: () => drawing || inFlight || timer !== null || (hasInk && shownVersion !== version),
+    lastResult: () => lastResult,
+    requests: () => requests,
+    clear: clearAll,
+  };
+})();

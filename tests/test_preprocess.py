@@ -1,0 +1,323 @@
+"""Preprocessing real-world pictures into MNIST form (digitlab.inference.preprocess)."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+from scipy import ndimage
+
+from digitlab.errors import ImageError
+from digitlab.inference import load_predictor
+from digitlab.inference.preprocess import ImageTooLargeError, load_image, split_digits, to_mnist
+from inference_support import bomb_png, digit_png, sample_test_digits, trained_run
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, mnist):
+    return trained_run(tmp_path_factory, mnist)
+
+
+@pytest.fixture(scope="module")
+def digits(mnist):
+    return sample_test_digits(mnist, 500, seed=0)
+
+
+def _save(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+def _corr_shift(a: np.ndarray, b: np.ndarray) -> float:
+    """Best correlation allowing a 1-pixel shift (centring rounds the centre of mass to whole pixels)."""
+    return max(_corr(np.roll(a, (dy, dx), (0, 1)), b) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def render_real_world(digit: np.ndarray, kind: int, rng: np.random.Generator) -> bytes:
+    """Dark ink on white, upscaled to 100-300 px, off-centre on a larger canvas, saved in one of 6 styles."""
+    s = int(rng.integers(100, 301))
+    big = Image.fromarray(255 - digit).resize((s, s), Image.Resampling.BICUBIC)
+    w, h = s + int(rng.integers(20, 200)), s + int(rng.integers(20, 200))
+    canvas = Image.new("L", (w, h), 255)
+    canvas.paste(big, (int(rng.integers(0, w - s)), int(rng.integers(0, h - s))))
+    if kind == 0:
+        return _save(canvas.convert("RGB"), "PNG")
+    if kind == 1:
+        return _save(canvas.convert("RGB"), "JPEG", quality=80)
+    if kind == 2:  # black strokes on a transparent layer whose colour channels are black too
+        rgba = np.zeros((h, w, 4), np.uint8)
+        rgba[..., 3] = 255 - np.asarray(canvas)
+        return _save(Image.fromarray(rgba, "RGBA"), "PNG")
+    if kind == 3:
+        return _save(canvas.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=32), "PNG")
+    if kind == 4:
+        return _save(canvas, "PNG")
+    return _save(canvas.convert("RGB"), "WEBP", quality=80)
+
+
+def test_real_world_renders_keep_model_accuracy(run_dir, digits):
+    """The test that matters: a model is about as accurate on "photographed" digits as on MNIST itself."""
+    x, y = digits
+    predictor = load_predictor(run_dir)
+    rng = np.random.default_rng(1)
+    pre = np.stack([to_mnist(render_real_world(d, i % 6, rng)) for i, d in enumerate(x)])
+    acc_orig = float((predictor.predict(x)[0] == y).mean())
+    acc_pre = float((predictor.predict(pre)[0] == y).mean())
+    assert acc_orig > 0.85, f"inline-trained model too weak to test with ({acc_orig:.3f})"
+    assert abs(acc_pre - acc_orig) <= 0.02, (acc_orig, acc_pre)
+    corr = np.array([_corr(a, b) for a, b in zip(pre, x, strict=True)])
+    assert corr.mean() > 0.9 and np.median(corr) > 0.93, (corr.mean(), np.median(corr))
+
+
+def test_mnist_digits_are_a_fixed_point(digits):
+    x, _ = digits
+    out = np.stack([to_mnist(d) for d in x[:100]])
+    assert out.dtype == np.uint8 and out.shape == (100, 28, 28)
+    assert np.mean([_corr(a, b) for a, b in zip(out, x[:100], strict=True)]) > 0.97
+
+
+def _geometry(img: np.ndarray) -> tuple[tuple[float, float], tuple[int, int]]:
+    com = ndimage.center_of_mass(img.astype(float))
+    rows, cols = np.flatnonzero(img.any(1)), np.flatnonzero(img.any(0))
+    return com, (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+
+
+def test_centre_of_mass_and_20px_box(digits):
+    x, _ = digits
+    rng = np.random.default_rng(2)
+    for i in range(20):
+        out = to_mnist(render_real_world(x[i], i % 6, rng))
+        (cy, cx), (h, w) = _geometry(out)
+        assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1, (i, cy, cx)
+        assert max(h, w) in (19, 20, 21) and min(h, w) >= 3, (i, h, w)
+
+
+def test_aspect_ratio_is_kept():
+    canvas = Image.new("L", (600, 500), 255)
+    canvas.paste(0, (350, 50, 450, 250))  # a 100 wide × 200 tall black block, off-centre
+    out = to_mnist(canvas)
+    (cy, cx), (h, w) = _geometry(out)
+    assert h == 20 and w == 10, (h, w)
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+    assert out.max() == 255 and out[0].max() == 0 and out[:, 0].max() == 0
+
+
+def test_polarity_is_detected(digits):
+    d = digits[0][0]
+    dark_on_light = to_mnist(digit_png(d, dark_on_light=True))
+    light_on_dark = to_mnist(digit_png(d, dark_on_light=False))
+    assert _corr(dark_on_light, light_on_dark) > 0.98
+    assert _corr(dark_on_light, d) > 0.9
+    # forcing the wrong polarity reads the paper, not the strokes
+    wrong = to_mnist(digit_png(d), invert=False)
+    assert not wrong.any() or _corr_shift(wrong, d) < 0.5
+
+
+@pytest.mark.parametrize("stroke", ["black", "white"])
+def test_transparent_background(digits, stroke):
+    """Strokes on a transparent layer become white ink on black, whatever colour the strokes are."""
+    d = digits[0][0]
+    big = np.asarray(Image.fromarray(d).resize((200, 200), Image.Resampling.BICUBIC))
+    rgba = np.zeros((260, 300, 4), np.uint8)  # transparent pixels are (0,0,0,0), as most editors save them
+    rgba[30:230, 60:260, :3] = 0 if stroke == "black" else 255
+    rgba[30:230, 60:260, 3] = big
+    out = to_mnist(_save(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert _corr(out, d) > 0.9
+    # naive greyscale conversion would have lost the drawing entirely for black strokes
+    assert out.max() == 255 and out[0].max() == 0
+
+
+def test_palette_and_la_transparency(digits):
+    d = digits[0][1]
+    la = Image.merge("LA", [Image.new("L", (140, 140), 0),
+                            Image.fromarray(d).resize((140, 140), Image.Resampling.BICUBIC)])
+    p = Image.fromarray((d > 127).astype(np.uint8)).convert("P")
+    p.putpalette([255, 255, 255, 0, 0, 0])
+    p.info["transparency"] = 0  # white palette entry is transparent
+    for img in (la, p):
+        assert _corr(to_mnist(_save(img, "PNG")), d) > 0.85, img.mode
+
+
+def test_many_formats_and_modes(digits, tmp_path):
+    d = digits[0][2]
+    ref = to_mnist(digit_png(d))
+    paper = Image.fromarray(255 - d).resize((120, 120), Image.Resampling.BICUBIC)
+    sixteen = Image.fromarray(np.asarray(paper).astype(np.uint16) * 257)
+    assert sixteen.mode == "I;16"
+    gif_frames = [paper.convert("P"), Image.new("P", (120, 120), 0)]
+    blobs = {
+        "png-L": _save(paper, "PNG"), "jpeg": _save(paper.convert("RGB"), "JPEG"),
+        "bmp": _save(paper.convert("RGB"), "BMP"), "webp": _save(paper.convert("RGB"), "WEBP"),
+        "tiff": _save(paper, "TIFF"), "png-16bit": _save(sixteen, "PNG"),
+        "gif-first-frame": _save(gif_frames[0], "GIF", save_all=True, append_images=gif_frames[1:]),
+        "cmyk-jpeg": _save(paper.convert("CMYK"), "JPEG"),
+    }
+    for name, blob in blobs.items():
+        path = tmp_path / f"digit-{name}"
+        path.write_bytes(blob)
+        for src in (blob, path, io.BytesIO(blob)):
+            out = to_mnist(src)
+            assert out.shape == (28, 28) and out.dtype == np.uint8
+            assert _corr(out, ref) > 0.95, name
+    assert _corr(to_mnist(Image.open(io.BytesIO(blobs["png-L"]))), ref) > 0.95
+    assert _corr(to_mnist(np.asarray(paper)), ref) > 0.95
+
+
+def test_specks_and_noise_do_not_move_the_box(digits):
+    d = digits[0][3]
+    clean = Image.fromarray(255 - d).resize((200, 200), Image.Resampling.BICUBIC)
+    canvas = np.full((500, 500), 235, np.uint8)  # grey paper
+    canvas[150:350, 150:350] = np.asarray(clean) * (235 / 255)
+    rng = np.random.default_rng(3)
+    noisy = np.clip(canvas + rng.normal(0, 8, canvas.shape), 0, 255).astype(np.uint8)
+    ys, xs = rng.integers(0, 500, 40), rng.integers(0, 500, 40)
+    noisy[ys, xs] = 0  # dark specks all over the page
+    noisy[10:13, 480:483] = 0
+    out = to_mnist(noisy)
+    assert _corr_shift(out, to_mnist(canvas)) > 0.95
+    assert _corr_shift(out, d) > 0.9
+    assert max(_geometry(out)[1]) == 20
+
+
+def _shaded(digit: np.ndarray, strength: float, dark_on_light: bool, rng: np.random.Generator) -> Image.Image:
+    """A digit photographed under uneven light: the paper brightness varies by ``strength`` across the page."""
+    h, w, s = 360, 480, 200
+    ink = np.zeros((h, w), np.float32)
+    oy, ox = int(rng.integers(0, h - s)), int(rng.integers(0, w - s))
+    ink[oy:oy + s, ox:ox + s] = np.asarray(Image.fromarray(digit).resize((s, s), Image.Resampling.BICUBIC)) / 255
+    yy, xx = np.mgrid[0:h, 0:w]
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * xx / w + np.sin(angle) * yy / h
+    ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
+    if dark_on_light:
+        lum = (0.95 - strength * ramp) * (1 - 0.85 * ink)  # ink absorbs 85% of the light
+    else:  # chalk on a board
+        lum = 0.05 + strength * ramp + 0.5 * ink
+    return Image.fromarray(np.clip(lum * 255, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("dark_on_light, strength", [(True, 0.6), (False, 0.35)])
+def test_uneven_lighting(digits, dark_on_light, strength):
+    x, _ = digits
+    rng = np.random.default_rng(4)
+    corr = [_corr_shift(to_mnist(_shaded(d, strength, dark_on_light, rng)), to_mnist(d)) for d in x[:20]]
+    assert np.mean(corr) > 0.9 and np.min(corr) > 0.7, corr
+
+
+def test_sheet_photographed_on_a_dark_desk(digits):
+    """The desk around the sheet is dark and touches the picture's edge: it is not ink."""
+    x, _ = digits
+    rng = np.random.default_rng(5)
+    corr = []
+    for d in x[:10]:
+        img = np.full((480, 640), 50, np.uint8)
+        top, left = int(rng.integers(20, 60)), int(rng.integers(20, 80))
+        img[top:480 - int(rng.integers(20, 60)), left:640 - int(rng.integers(20, 80))] = 230
+        oy, ox = top + int(rng.integers(10, 150)), left + int(rng.integers(10, 300))
+        digit = np.asarray(Image.fromarray(d).resize((180, 180), Image.Resampling.BICUBIC)) / 255
+        img[oy:oy + 180, ox:ox + 180] = (230 * (1 - 0.85 * digit)).astype(np.uint8)
+        corr.append(_corr_shift(to_mnist(img), to_mnist(d)))
+    assert np.mean(corr) > 0.9 and np.min(corr) > 0.7, corr
+
+
+def test_bold_tight_crops():
+    """Ink covering half the picture (a tight crop of a marker digit) is still read as ink."""
+    from PIL import ImageDraw
+
+    one = Image.new("L", (60, 100), 255)
+    ImageDraw.Draw(one).rectangle((15, 0, 45, 99), fill=0)  # a bar from edge to edge, 52% of the pixels
+    out = to_mnist(one)
+    (_, cx), (h, w) = _geometry(out)
+    assert h == 20 and 4 <= w <= 8 and abs(cx - 14) <= 0.5  # one filled bar, not its two sides
+    assert out[4:24, 13:16].min() > 200  # filled, not hollow
+    zero = Image.new("L", (90, 120), 255)
+    ImageDraw.Draw(zero).ellipse((4, 4, 86, 116), outline=0, width=22)  # ring = half the pixels
+    out = to_mnist(zero)
+    assert out[14, 14] == 0 and out[14].max() == 255  # a ring around a hole, not the hole as a blob
+    assert _corr(to_mnist(ImageOps.invert(zero)), out) > 0.95  # and the same in chalk on a board
+
+
+def test_thin_strokes_are_thickened(run_dir):
+    from PIL import ImageDraw
+
+    img = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(img).line([(80, 50), (220, 50), (130, 260)], fill=0, width=2)  # a hair-line 7
+    out = to_mnist(img)
+    assert (out > 128).sum() > 40  # not a faint 1-px trace
+    assert load_predictor(run_dir).predict(out)[0][0] == 7
+
+
+def test_blank_pictures_give_zeros():
+    assert not to_mnist(Image.new("L", (100, 100), 255)).any()
+    assert not to_mnist(Image.new("RGB", (50, 80), (128, 128, 128))).any()
+    assert not to_mnist(Image.new("RGBA", (60, 60), (0, 0, 0, 0))).any()
+
+
+def test_large_photo_is_reduced_quickly(digits):
+    d = digits[0][4]
+    canvas = Image.new("L", (4000, 3000), 250)
+    canvas.paste(Image.fromarray(255 - d).resize((1200, 1200), Image.Resampling.BICUBIC), (2000, 900))
+    t = time.perf_counter()
+    out = to_mnist(canvas.convert("RGB"))
+    assert time.perf_counter() - t < 10
+    assert _corr(out, d) > 0.9
+
+
+def test_load_image_errors(tmp_path, mnist):
+    with pytest.raises(ImageError, match="empty"):
+        load_image(b"")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(b"this is not an image at all")
+    png = digit_png(mnist.test_images[0].numpy())
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        load_image(png[: len(png) // 2])
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="directory"):
+        load_image(tmp_path)
+    with pytest.raises(ImageError):
+        to_mnist(np.zeros((5, 5, 2)))
+
+
+def test_decompression_bomb_guard():
+    with pytest.raises(ImageTooLargeError, match="decompression-bomb"):
+        load_image(bomb_png(100_000, 100_000))
+    with pytest.raises(ImageTooLargeError):  # beyond PIL's own hard limit too
+        load_image(bomb_png(60_000, 60_000), max_pixels=10**12)
+    with pytest.raises(ImageTooLargeError):
+        load_image(digit_png(np.zeros((28, 28), np.uint8), size=100), max_pixels=5000)
+    with pytest.raises(ImageTooLargeError):
+        load_image(b"x" * 100, max_bytes=50)
+    assert issubclass(ImageTooLargeError, ImageError)
+
+
+def test_split_digits_reads_a_number(run_dir, mnist):
+    ds = mnist
+    predictor = load_predictor(run_dir)
+    labels, probs = predictor.predict(ds.test_images[:200].numpy())
+    # three confidently recognised digits of different classes, written in a row with gaps
+    chosen = []
+    for i in np.flatnonzero((labels == ds.test_labels[:200].numpy()) & (probs.max(1) > 0.99)):
+        if labels[i] not in [labels[c] for c in chosen]:
+            chosen.append(int(i))
+        if len(chosen) == 3:
+            break
+    strip = np.zeros((40, 3 * 36), np.uint8)
+    for k, i in enumerate(chosen):
+        strip[6:34, 4 + 36 * k: 32 + 36 * k] = ds.test_images[i].numpy()
+    img = Image.fromarray(255 - strip).resize((strip.shape[1] * 5, 200), Image.Resampling.BICUBIC)
+    parts = split_digits(img)
+    assert len(parts) == 3
+    for part, i in zip(parts, chosen, strict=True):
+        assert _corr(part, ds.test_images[i].numpy()) > 0.85
+    result = predictor.read_number(img)
+    assert result["number"] == "".join(str(labels[i]) for i in chosen)
+    assert split_digits(Image.new("L", (50, 50), 255)) == []

@@ -1,0 +1,220 @@
+"""The REST API (``digitlab serve``) with FastAPI's TestClient: happy paths and hostile input."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from digitlab.inference import load_predictor
+from digitlab.serve import create_app
+from inference_support import bomb_png, digit_png, trained_run
+
+MAX_UPLOAD = 200_000
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, mnist):
+    return trained_run(tmp_path_factory, mnist)
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir):
+    return load_predictor(run_dir)
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    with TestClient(create_app(predictor, max_upload_bytes=MAX_UPLOAD)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def sample(predictor, mnist):
+    """A test digit the model gets right, as pixels and as a dark-on-light PNG."""
+    ds = mnist
+    labels, probs = predictor.predict(ds.test_images[:100].numpy())
+    i = int(np.flatnonzero((labels == ds.test_labels[:100].numpy()) & (probs.max(1) > 0.99))[0])
+    return ds.test_images[i].numpy(), int(ds.test_labels[i]), digit_png(ds.test_images[i].numpy(), size=160)
+
+
+def _check_result(body: dict, label: int) -> None:
+    assert body["label"] == label
+    assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-4
+    assert body["confidence"] == pytest.approx(max(body["probabilities"]))
+    pre = np.asarray(body["preprocessed"])
+    assert pre.shape == (28, 28) and pre.min() >= 0 and pre.max() <= 255
+    assert body["model"] == "cnn-simple" and body["blank"] is False
+
+
+def _assert_error(r, status: int, words: str = "") -> None:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert isinstance(body["detail"], str) and words in body["detail"], body
+
+
+def test_health_models_openapi_page(client):
+    assert client.get("/api/health").json()["status"] == "ok"
+    models = client.get("/api/models").json()
+    assert models["models"][0]["model"] == "cnn-simple"
+    assert models["limits"]["max_upload_bytes"] == MAX_UPLOAD
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json", "image/*"} <= set(body)
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="pad"' in page.text and 'id="bars"' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "http" not in page.text.replace("http-equiv", "")  # no CDN: works offline
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+
+
+def test_predict_upload_raw_and_base64(client, predictor, sample):
+    pixels, label, png = sample
+    r = client.post("/api/predict", files={"file": ("digit.png", png, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    _check_result(body, label)
+    direct = predictor.predict_image(png)
+    np.testing.assert_allclose(body["probabilities"], direct["probabilities"], atol=1e-6)
+    assert body["preprocessed"] == direct["preprocessed"].tolist()
+    r2 = client.post("/api/predict", content=png, headers={"content-type": "image/png"})
+    assert r2.json()["probabilities"] == body["probabilities"]
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    for image in (url, base64.b64encode(png).decode()):
+        r3 = client.post("/api/predict", json={"image": image})
+        assert r3.status_code == 200 and r3.json()["probabilities"] == body["probabilities"]
+
+
+def test_predict_pixels(client, predictor, sample):
+    pixels, label, _ = sample
+    r = client.post("/api/predict", json={"pixels": pixels.tolist()})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    _check_result(body, label)
+    assert body["preprocessed"] == pixels.tolist()  # already MNIST form: used as given
+    np.testing.assert_allclose(body["probabilities"], predictor.predict(pixels)[1][0], atol=1e-6)
+    floats = (pixels.astype(float) * 0.999).tolist()
+    assert client.post("/api/predict", json={"pixels": floats}).json()["label"] == label
+    shifted = np.roll(pixels, 5, axis=1)  # off-centre: preprocess=true re-centres it
+    body2 = client.post("/api/predict", json={"pixels": shifted.tolist(), "preprocess": True}).json()
+    assert body2["label"] == label and body2["preprocessed"] != shifted.tolist()
+
+
+@pytest.mark.parametrize("payload, status, words", [
+    ({"pixels": [[0] * 28] * 27}, 422, "28×28"),
+    ({"pixels": [[0] * 27] * 28}, 422, "28×28"),
+    ({"pixels": [[0] * 28] * 27 + [[0] * 27 + [256]]}, 422, "0..255"),
+    ({"pixels": [[0] * 28] * 27 + [[0] * 27 + [-1]]}, 422, "0..255"),
+    ({"pixels": [[0] * 28] * 27 + [[0] * 27 + ["7"]]}, 422, "numbers"),
+    ({"pixels": [[0] * 28] * 27 + [[0] * 27 + [True]]}, 422, "numbers"),
+    ({"pixels": [[0] * 28] * 27 + [[0] * 27 + [None]]}, 422, "numbers"),
+    ({"pixels": 5}, 422, "28×28"),
+    ({"pixels": [[0] * 28] * 28, "preprocess": "yes"}, 422, "preprocess"),
+    ({"pixels": [[0] * 28] * 28, "image": "x"}, 422, "exactly one"),
+    ({}, 422, "exactly one"),
+    ([1, 2, 3], 422, "exactly one"),
+    ({"image": 42}, 422, "string"),
+    ({"image": "data:image/png,rawdata"}, 422, "base64"),
+    ({"image": "!!!! not base64 !!!!"}, 400, "base64"),
+    ({"image": base64.b64encode(b"plain text, not an image").decode()}, 400, "not an image"),
+])
+def test_bad_json(client, payload, status, words):
+    _assert_error(client.post("/api/predict", json=payload), status, words)
+
+
+def test_bad_bodies(client, sample):
+    _, _, png = sample
+    post = client.post
+    _assert_error(post("/api/predict", files={"file": ("x.png", b"not an image", "image/png")}), 400,
+                  "not an image")
+    _assert_error(post("/api/predict", files={"file": ("x.png", b"", "image/png")}), 400, "empty")
+    _assert_error(post("/api/predict", files={"file": ("x.png", png[:200], "image/png")}), 400, "corrupt")
+    _assert_error(post("/api/predict", files={"other": ("x.png", png, "image/png")}), 422, "'file'")
+    _assert_error(post("/api/predict", content=b"", headers={"content-type": "image/png"}), 400, "empty")
+    _assert_error(post("/api/predict", content=b"", headers={"content-type": "application/json"}), 400, "empty")
+    _assert_error(post("/api/predict", content=b"{not json", headers={"content-type": "application/json"}),
+                  400, "invalid JSON")
+    _assert_error(post("/api/predict", content=b"\xff\xfe\x00", headers={"content-type": "application/json"}),
+                  400, "invalid JSON")
+    _assert_error(post("/api/predict", content=png, headers={"content-type": "text/plain"}), 415, "Content-Type")
+    _assert_error(post("/api/predict", content=b"--x\r\nbroken", headers={
+        "content-type": "multipart/form-data; boundary=x"}), 422, "'file'")
+    _assert_error(post("/api/predict", content=b"abc", headers={"content-type": "multipart/form-data"}), 400,
+                  "boundary")
+    assert client.get("/api/predict").status_code == 405
+    assert client.get("/api/health").status_code == 200
+
+
+def test_size_limits_and_bombs(client):
+    big = b"\x89PNG" + bytes(MAX_UPLOAD * 2)
+    _assert_error(client.post("/api/predict", files={"file": ("big.png", big, "image/png")}), 413, "limit")
+    _assert_error(client.post("/api/predict", content=big, headers={"content-type": "image/png"}), 413, "limit")
+
+    def chunks():  # no Content-Length: the server must count what actually arrives
+        for _ in range(40):
+            yield bytes(10_000)
+
+    _assert_error(client.post("/api/predict", content=chunks(), headers={"content-type": "image/png"}),
+                  413, "limit")
+    # a declared size over the limit is refused before the body is read; a malformed one is a 400
+    _assert_error(client.post("/api/predict", content=bytes(100), headers={
+        "content-type": "image/png", "content-length": str(10 * MAX_UPLOAD)}), 413, "exceeds")
+    _assert_error(client.post("/api/predict", content=bytes(100), headers={
+        "content-type": "image/png", "content-length": "abc"}), 400, "Content-Length")
+    # base64 JSON gets a body allowance for the encoding, but the decoded image has the upload limit
+    raw = b"\x89PNG" + bytes(MAX_UPLOAD + 10)
+    _assert_error(client.post("/api/predict", json={"image": base64.b64encode(raw).decode()}), 413, "limit")
+    # decompression bombs: tiny files declaring huge images
+    for bomb in (bomb_png(100_000, 100_000), bomb_png(20_000, 20_000)):
+        _assert_error(client.post("/api/predict", files={"file": ("bomb.png", bomb, "image/png")}), 413,
+                      "decompression-bomb")
+    assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_small_pixel_limit(predictor, mnist):
+    """max_image_pixels is the app's own limit, independent of the global default."""
+    app = create_app(predictor, max_image_pixels=10_000)
+    with TestClient(app) as c:
+        png = digit_png(np.zeros((28, 28), np.uint8), size=200)  # 40 000 pixels
+        _assert_error(c.post("/api/predict", files={"file": ("x.png", png, "image/png")}), 413, "exceeds")
+        ok = digit_png(mnist.test_images[0].numpy(), size=90)
+        assert c.post("/api/predict", files={"file": ("x.png", ok, "image/png")}).status_code == 200
+
+
+def test_blank_drawing_is_not_an_error(client):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (280, 280), "white").save(buf, "PNG")
+    r = client.post("/api/predict", files={"file": ("blank.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 200 and not np.asarray(r.json()["preprocessed"]).any()
+    assert r.json()["blank"] is True
+    json.dumps(r.json())
+
+
+def test_cli_serve(run_dir, monkeypatch, capsys):
+    import uvicorn
+
+    from digitlab.cli import main
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    assert main(["serve", "--model", str(run_dir), "--port", "8123", "--max-upload-mb", "1"]) == 0
+    app, kw = calls[-1]
+    assert kw["host"] == "127.0.0.1" and kw["port"] == 8123  # local only by default
+    assert "warning" not in capsys.readouterr().err
+    with TestClient(app) as c:
+        assert c.get("/api/models").json()["limits"]["max_upload_bytes"] == 1024 * 1024
+    assert main(["serve", "--model", str(run_dir), "--host", "0.0.0.0"]) == 0
+    assert calls[-1][1]["host"] == "0.0.0.0"
+    assert "reachable from other machines" in capsys.readouterr().err
+    n = len(calls)
+    assert main(["serve", "--model", str(run_dir / "missing")]) == 2
+    assert main(["serve", "--model", str(run_dir), "--port", "70000"]) == 2
+    assert len(calls) == n
