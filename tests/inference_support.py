@@ -8,11 +8,13 @@ dataset comes from conftest's session ``mnist`` fixture.
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from digitlab.data import to_float
 from digitlab.models import create_model
@@ -102,3 +104,31 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
+
+
+def save_image(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def render_real_world(digit: np.ndarray, kind: int, rng: np.random.Generator) -> bytes:
+    """Dark ink on white, upscaled to 100-300 px, off-centre on a larger canvas, saved in one of 6 styles."""
+    s = int(rng.integers(100, 301))
+    big = Image.fromarray(255 - digit).resize((s, s), Image.Resampling.BICUBIC)
+    w, h = s + int(rng.integers(20, 200)), s + int(rng.integers(20, 200))
+    canvas = Image.new("L", (w, h), 255)
+    canvas.paste(big, (int(rng.integers(0, w - s)), int(rng.integers(0, h - s))))
+    if kind == 0:
+        return save_image(canvas.convert("RGB"), "PNG")
+    if kind == 1:
+        return save_image(canvas.convert("RGB"), "JPEG", quality=80)
+    if kind == 2:  # black strokes on a transparent layer whose colour channels are black too
+        rgba = np.zeros((h, w, 4), np.uint8)
+        rgba[..., 3] = 255 - np.asarray(canvas)
+        return save_image(Image.fromarray(rgba, "RGBA"), "PNG")
+    if kind == 3:
+        return save_image(canvas.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=32), "PNG")
+    if kind == 4:
+        return save_image(canvas, "PNG")
+    return save_image(canvas.convert("RGB"), "WEBP", quality=80)

@@ -13,7 +13,8 @@ from scipy import ndimage
 from digitlab.errors import ImageError
 from digitlab.inference import load_predictor
 from digitlab.inference.preprocess import ImageTooLargeError, load_image, split_digits, to_mnist
-from inference_support import bomb_png, digit_png, sample_test_digits, trained_run
+from inference_support import bomb_png, digit_png, render_real_world, sample_test_digits, trained_run
+from inference_support import save_image as _save
 
 
 @pytest.fixture(scope="session")
@@ -26,12 +27,6 @@ def digits(mnist):
     return sample_test_digits(mnist, 500, seed=0)
 
 
-def _save(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
 
@@ -39,28 +34,6 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def _corr_shift(a: np.ndarray, b: np.ndarray) -> float:
     """Best correlation allowing a 1-pixel shift (centring rounds the centre of mass to whole pixels)."""
     return max(_corr(np.roll(a, (dy, dx), (0, 1)), b) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-
-
-def render_real_world(digit: np.ndarray, kind: int, rng: np.random.Generator) -> bytes:
-    """Dark ink on white, upscaled to 100-300 px, off-centre on a larger canvas, saved in one of 6 styles."""
-    s = int(rng.integers(100, 301))
-    big = Image.fromarray(255 - digit).resize((s, s), Image.Resampling.BICUBIC)
-    w, h = s + int(rng.integers(20, 200)), s + int(rng.integers(20, 200))
-    canvas = Image.new("L", (w, h), 255)
-    canvas.paste(big, (int(rng.integers(0, w - s)), int(rng.integers(0, h - s))))
-    if kind == 0:
-        return _save(canvas.convert("RGB"), "PNG")
-    if kind == 1:
-        return _save(canvas.convert("RGB"), "JPEG", quality=80)
-    if kind == 2:  # black strokes on a transparent layer whose colour channels are black too
-        rgba = np.zeros((h, w, 4), np.uint8)
-        rgba[..., 3] = 255 - np.asarray(canvas)
-        return _save(Image.fromarray(rgba, "RGBA"), "PNG")
-    if kind == 3:
-        return _save(canvas.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=32), "PNG")
-    if kind == 4:
-        return _save(canvas, "PNG")
-    return _save(canvas.convert("RGB"), "WEBP", quality=80)
 
 
 def test_real_world_renders_keep_model_accuracy(run_dir, digits):
