@@ -325,3 +325,8 @@ def test_ranks_take_disjoint_halves_of_each_global_batch(small):
     for (_, y), (_, y0), (_, y1) in zip(single, *ranks, strict=True):
         assert y0.numel() == y1.numel() == y.numel() // 2
         assert torch.equal(torch.cat([y0, y1]), y)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if model_info(n).recipe])
+def test_every_model_recipe_is_a_shipped_config(name):
+    assert model_info(name).recipe in list_recipes()

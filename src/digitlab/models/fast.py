@@ -13,7 +13,7 @@ from digitlab.models.registry import register_model
 
 
 @register_model("plain-cnn", family="fast", input_kind="image",
-                reference="speed-benchmark network (no published accuracy); 147,146 params")
+                reference="speed-benchmark network (no published accuracy); 147,146 params", recipe="plain-cnn")
 def plain_cnn(num_classes: int = 10) -> nn.Module:
     """conv16 5×5 → maxpool → ReLU → conv32 5×5 → maxpool → ReLU → fc256 → ReLU → fc10 (no padding)."""
     return nn.Sequential(

@@ -11,7 +11,7 @@ def _conv_bn(cin: int, cout: int, k: int = 3) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-@register_model("fast-cnn", family="speed", reference="bench recipe `fast` (time to 99%)")
+@register_model("fast-cnn", family="speed", reference="bench recipe `fast` (time to 99%)", recipe="fast-cnn")
 def fast_cnn(c1: int = 16, c2: int = 32, hidden: int = 128, num_classes: int = 10) -> nn.Module:
     """Two 5×5 conv stages with batch norm and a small head: few FLOPs, quick to converge.
 
@@ -26,7 +26,8 @@ def fast_cnn(c1: int = 16, c2: int = 32, hidden: int = 128, num_classes: int = 1
     )
 
 
-@register_model("best-cnn", family="speed", reference="bench recipe `best`; the shipped default model")
+@register_model("best-cnn", family="speed", reference="bench recipe `best`; the shipped default model",
+                recipe="best-cnn")
 def best_cnn(width: int = 32, dropout: float = 0.2, num_classes: int = 10) -> nn.Module:
     """VGG-style: (conv-BN-ReLU)×2 at 28² and 14², one conv at 7², global pooling + linear head."""
     w = width
