@@ -46,8 +46,7 @@ def main() -> int:
         "source_run": str(Path(args.run).name),
         "measured_test_accuracy": accuracy, "measured_test_loss": result["loss"],
         "measured_by": "scripts/ship_default_model.py (re-evaluated on the 10,000 MNIST test images)",
-        "reproduce": f"digitlab train --config {meta['model']} --seed {meta['config'].get('seed', 0)} "
-                     "--set val_fraction=0",
+        "reproduce": f"digitlab train --config {meta['model']} --seed {meta['config'].get('seed', 0)}",
     }
     TARGET.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest, model, meta)

@@ -12,12 +12,13 @@ def _conv_bn(cin: int, cout: int, k: int = 3) -> list[nn.Module]:
 
 
 @register_model("fast-cnn", family="speed", reference="bench recipe `fast` (time to 99%)", recipe="fast-cnn")
-def fast_cnn(c1: int = 16, c2: int = 32, hidden: int = 128, num_classes: int = 10) -> nn.Module:
+def fast_cnn(c1: int = 8, c2: int = 32, hidden: int = 64, num_classes: int = 10) -> nn.Module:
     """Two 5×5 conv stages with batch norm and a small head: few FLOPs, quick to converge.
 
     Pooling comes before batch norm and ReLU (max-pool commutes with the
     monotone ReLU; BN after pooling is a different but equally good
     normalisation) so the elementwise work runs at a quarter of the resolution.
+    Channel counts are multiples of 8: on our CPU, 12 or 20 channels ran ~1.5× slower than 16.
     """
     return nn.Sequential(
         nn.Conv2d(1, c1, 5, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),

@@ -1,0 +1,77 @@
+"""Benchmarks: recipes, the reference loops, ratios, ensembles."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from digitlab.bench.ensemble import TTA_SHIFTS, ensemble_runs, predict_proba, shift_images
+from digitlab.bench.plain import PLAIN, train_plain
+from digitlab.data import Dataset
+from digitlab.train import TrainConfig, load_checkpoint, train_run
+
+
+def test_bench_fast_vs_plain_one_seed(capsys):
+    """The `fast` recipe reaches 99% in its single epoch; the JSON has the promised shape."""
+    from digitlab.cli import main
+
+    assert main(["bench", "fast", "--vs", "plain", "--seeds", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["recipe"] == "fast" and out["vs"]["recipe"] == "plain"
+    run = out["runs"][0]
+    assert set(run) >= {"seed", "test_accuracy", "train_seconds", "total_seconds"}
+    assert run["test_accuracy"] >= 0.99, run
+    assert 0 < run["train_seconds"] < run["total_seconds"]
+    assert out["ratio_median_train_seconds"] == pytest.approx(
+        run["train_seconds"] / out["vs"]["runs"][0]["train_seconds"])
+    assert out["vs"]["runs"][0]["test_accuracy"] > 0.97  # the plain loop learns too
+    assert {"cpu", "torch_threads", "torch"} <= set(out["machine"])
+
+
+def test_plain_loop_learns_on_a_subset(mnist):
+    small = Dataset(mnist.name, mnist.spec, mnist.source, mnist.train_images[:4000], mnist.train_labels[:4000],
+                    mnist.test_images[:1000], mnist.test_labels[:1000])
+    result = train_plain(PLAIN, small, seed=0)
+    assert result["test_accuracy"] > 0.85 and result["epochs"] == 1
+
+
+def test_shift_images_moves_pixels_and_fills_zeros():
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 1, 1] = 1.0
+    right = shift_images(x, 1, 0)
+    assert right[0, 0, 1, 2] == 1 and right.sum() == 1
+    up = shift_images(x, 0, -1)
+    assert up[0, 0, 0, 1] == 1 and up.sum() == 1
+    assert shift_images(x, 0, 0) is x
+    assert (0, 0) in TTA_SHIFTS
+
+
+def test_ensemble_averages_member_probabilities(mnist, tmp_path):
+    small = Dataset(mnist.name, mnist.spec, mnist.source, mnist.train_images[:3000], mnist.train_labels[:3000],
+                    mnist.test_images, mnist.test_labels, mnist.checksums)
+    runs = []
+    for seed in (0, 1):
+        cfg = TrainConfig(model="mlp-basic-128", epochs=1, max_steps=40, seed=seed, tensorboard=False)
+        runs.append(str(train_run(cfg, tmp_path / f"r{seed}", progress=False, dataset=small).run_dir))
+    result = ensemble_runs(runs, data_dir=str(mnist.source), tta=True)
+    probs = sum(predict_proba(load_checkpoint(r)[0], mnist.test_images) for r in runs)
+    expected = float((probs.argmax(1) == mnist.test_labels).float().mean())
+    assert result["accuracy"] == pytest.approx(expected)
+    assert len(result["members"]) == 2 and result["tta_accuracy"] is not None
+    assert all(0.5 < m["accuracy"] < 1 for m in result["members"])
+
+
+@pytest.mark.slow
+def test_fast_recipe_every_seed_99_and_half_the_plain_time(capsys):
+    """Issue acceptance: 5 seeds, each >= 99.0%, median training time <= 0.5 x plain (same run)."""
+    from digitlab.cli import main
+
+    assert main(["bench", "fast", "--seeds", "5", "--vs", "plain", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert min(r["test_accuracy"] for r in out["runs"]) >= 0.99
+    fast = statistics.median(r["train_seconds"] for r in out["runs"])
+    plain = statistics.median(r["train_seconds"] for r in out["vs"]["runs"])
+    assert fast <= 0.5 * plain, (fast, plain)
