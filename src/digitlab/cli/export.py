@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
                    help="torch exporter; auto = torch.export-based, TorchScript if that fails")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
+    p.add_argument("--no-verify", dest="verify", action="store_false", default=argparse.SUPPRESS,
                    help="skip the test-set comparison (only 64 random inputs are compared)")
     p.add_argument("--calibration-size", type=int, default=1000, help="training images for int8 calibration")
     p.add_argument("--benchmark", action="store_true",
@@ -46,7 +46,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.calibration_size < 1 or args.threads < 1:
         raise ConfigError("--calibration-size and --threads must be positive")
     report = export_onnx(args.run, args.out, quantize=args.quantize, opset=args.opset, exporter=args.exporter,
-                         verify=args.verify, dataset=args.dataset, data_dir=args.data_dir,
+                         verify=getattr(args, "verify", True), dataset=args.dataset, data_dir=args.data_dir,
                          calibration_size=args.calibration_size, progress=not args.json)
     if args.benchmark:
         models = {"onnx-fp32": report["onnx"]["path"]}

@@ -104,6 +104,10 @@ class TrainConfig:
     """Use deterministic algorithms (exact resume; slightly slower on GPU)."""
     channels_last: bool = False
     """Use the channels-last memory format for conv nets."""
+    bn_momentum: float | None = None
+    """Override the momentum of every BatchNorm layer while training (None: the model's own).
+    The notebook models use Keras' 0.99 (PyTorch momentum 0.01), whose running statistics need
+    thousands of steps to settle: short runs want PyTorch's 0.1."""
     amp: bool = False
     """Mixed precision: bfloat16 autocast (CPUs with AVX-512 BF16/AMX, CUDA GPUs that support it)."""
     checkpoint_every: int = 0
@@ -141,6 +145,8 @@ class TrainConfig:
             (self.patience >= 0 and self.plateau_patience >= 0, "patience values must be >= 0"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
             (self.cv_folds == 0 or self.cv_folds >= 2, f"cv_folds must be 0 or >= 2, got {self.cv_folds}"),
+            (self.bn_momentum is None or 0 < self.bn_momentum <= 1,
+             f"bn_momentum must be in (0, 1], got {self.bn_momentum}"),
         ]
         for ok, message in checks:
             if not ok:

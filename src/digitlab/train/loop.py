@@ -119,6 +119,10 @@ class Trainer:
         self.raw_model = model.to(self.device)
         if cfg.channels_last:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
+        if cfg.bn_momentum is not None:
+            for module in self.raw_model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = cfg.bn_momentum
         self.model = self.raw_model
         if world_size > 1:
             from torch.nn.parallel import DistributedDataParallel

@@ -61,10 +61,12 @@ def train_run(
     rank: int = 0,
     world_size: int = 1,
     dataset: Any = None,
+    evaluate_test: bool = True,
 ) -> RunResult:
     """Train as ``config`` says, writing a run directory at ``out`` (None: in memory only).
 
     ``resume=True`` continues the unfinished run in ``out`` with its saved config.
+    ``evaluate_test=False`` skips scoring the test set (for callers that evaluate it themselves).
     """
     from digitlab.data import load_dataset, make_splits
     from digitlab.models import create_model
@@ -112,7 +114,8 @@ def train_run(
     total_seconds = time.perf_counter() - t0
 
     model = trainer.raw_model.eval()
-    test = evaluate_split(model, splits.test.to(device), config.eval_batch_size)
+    test = (evaluate_split(model, splits.test.to(device), config.eval_batch_size) if evaluate_test
+            else {"accuracy": None, "loss": None})
     last = result.history[-1] if result.history else {}
     metrics: dict[str, Any] = {
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
