@@ -16,6 +16,7 @@ from digitlab.analysis import plots as P
 from digitlab.analysis import robustness as R
 from digitlab.analysis import sensitivity as SE
 from digitlab.evaluate import predict_logits
+from inference_support import train_cnn
 
 N_EVAL = 300  # test images used by the model-based tests (keeps the file fast on 2 cores)
 
@@ -24,30 +25,6 @@ N_EVAL = 300  # test images used by the model-based tests (keeps the file fast o
 def ds(mnist):
     """The real MNIST dataset (session fixture ``mnist`` in conftest.py; fails if the data is missing)."""
     return mnist
-
-
-def train_cnn(ds, steps: int = 100, seed: int = 0) -> nn.Module:
-    """cnn-simple after ``steps`` Adam steps of batch 64 (≈90% test accuracy, ~2 s)."""
-    from digitlab.data import to_float
-    from digitlab.models import create_model
-
-    torch.manual_seed(seed)
-    model = create_model("cnn-simple")
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    # batch-64 steps gain little from a second thread, and lose a lot when other jobs share the cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            idx = torch.randint(0, ds.train_images.shape[0], (64,), generator=gen)
-            loss = nn.functional.cross_entropy(model(to_float(ds.train_images[idx])), ds.train_labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

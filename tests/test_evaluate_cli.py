@@ -15,6 +15,7 @@ from torch import nn
 
 from digitlab.cli import main
 from digitlab.evaluate import evaluate_logits, evaluate_model, evaluate_run, predict_logits, run_dataset_name
+from inference_support import train_cnn
 
 LIMIT = 1000
 
@@ -28,26 +29,9 @@ def ds(mnist):
 @pytest.fixture(scope="module")
 def run_dir(ds, tmp_path_factory):
     """A run directory with cnn-simple after 100 Adam steps (the real checkpoint format)."""
-    from digitlab.data import to_float
-    from digitlab.models import create_model
     from digitlab.train.checkpoint import build_meta, save_run_checkpoint
 
-    torch.manual_seed(0)
-    model = create_model("cnn-simple")
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    # batch-64 steps gain little from a second thread, and lose a lot when other jobs share the cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        gen = torch.Generator().manual_seed(0)
-        for _ in range(100):
-            idx = torch.randint(0, ds.train_images.shape[0], (64,), generator=gen)
-            loss = nn.functional.cross_entropy(model(to_float(ds.train_images[idx])), ds.train_labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    model = train_cnn(ds)
     path = tmp_path_factory.mktemp("run")
     save_run_checkpoint(path, model.eval(), build_meta(model, data={"dataset": "mnist"}))
     return path
