@@ -347,3 +347,13 @@ def test_bn_momentum_override_settles_running_stats_in_short_runs(small):
     assert result.metrics["test_accuracy"] > keras.metrics["test_accuracy"]
     with pytest.raises(ConfigError, match="bn_momentum"):
         TrainConfig(bn_momentum=0)
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_recipes_state_their_schedule_explicitly(name):
+    """A recipe reproduces a publication: it must not inherit a default that may change."""
+    from digitlab.train.recipes import recipe_dir
+
+    raw = yaml.safe_load((recipe_dir() / f"{name}.yaml").read_text())
+    if model_info(raw["model"]).uses_gradient:
+        assert {"schedule", "lr", "optimizer", "batch_size", "epochs"} <= set(raw), name
