@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from digitlab.data.batches import iterate_eval
+from digitlab.data.batches import to_float
 
 #: Test-time shifts in pixels (dx, dy): the identity and the four one-pixel neighbours.
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
@@ -23,15 +22,15 @@ def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     return out
 
 
-@torch.inference_mode()
 def predict_proba(model: torch.nn.Module, images_u8: torch.Tensor, tta: bool = False,
                   batch_size: int = 1000) -> torch.Tensor:
-    shifts = TTA_SHIFTS if tta else ((0, 0),)
-    out = []
-    for x in iterate_eval(images_u8, batch_size):
-        probs = sum(F.softmax(model(shift_images(x, dx, dy)).float(), 1) for dx, dy in shifts)
-        out.append(probs / len(shifts))
-    return torch.cat(out)
+    """Class probabilities, averaged over :data:`TTA_SHIFTS` when ``tta``."""
+    from digitlab.evaluate.inference import predict_proba as batched_proba
+
+    if not tta:
+        return batched_proba(model, images_u8, batch_size)
+    x = to_float(images_u8)
+    return sum(batched_proba(model, shift_images(x, dx, dy), batch_size) for dx, dy in TTA_SHIFTS) / len(TTA_SHIFTS)
 
 
 def ensemble_runs(sources: list[str], dataset: str = "mnist", data_dir: str | None = None,

@@ -66,28 +66,30 @@ def _train_seconds(ev: RunEvaluation) -> float | None:
     return (ev.meta.get("metrics") or {}).get("train_seconds")
 
 
+def _steps_per_epoch(meta: dict[str, Any]) -> int:
+    cfg, data = meta.get("config") or {}, meta.get("data") or {}
+    return -(-int(data.get("train_count", 0)) // int(cfg.get("batch_size", 1)))
+
+
 def seconds_per_epoch(meta: dict[str, Any]) -> float | None:
     """Measured loop seconds per step × steps per epoch (validation time included, as in the loop).
 
     For the scikit-learn baselines (no steps), the fit time.
     """
-    metrics, cfg, data = meta.get("metrics") or {}, meta.get("config") or {}, meta.get("data") or {}
+    metrics = meta.get("metrics") or {}
     seconds, steps = metrics.get("train_seconds"), metrics.get("steps")
     if seconds is None:
         return None
     if not steps:
         return seconds
-    per_epoch = -(-int(data.get("train_count", 0)) // int(cfg.get("batch_size", 1)))
+    per_epoch = _steps_per_epoch(meta)
     return seconds / steps * per_epoch if per_epoch else None
 
 
 def _epochs_trained(meta: dict[str, Any]) -> float | None:
-    metrics, cfg, data = meta.get("metrics") or {}, meta.get("config") or {}, meta.get("data") or {}
-    steps = metrics.get("steps")
-    if not steps:
-        return None
-    per_epoch = -(-int(data.get("train_count", 0)) // int(cfg.get("batch_size", 1)))
-    return steps / per_epoch if per_epoch else None
+    steps = (meta.get("metrics") or {}).get("steps")
+    per_epoch = _steps_per_epoch(meta)
+    return steps / per_epoch if steps and per_epoch else None
 
 
 def compare_evaluations(evals: list[RunEvaluation], n_boot: int = 1000, alpha: float = 0.05,

@@ -184,6 +184,12 @@ class Study:
         folder.mkdir(parents=True, exist_ok=True)
         evals, models = [], {}
         names = list(ds.spec.class_names)
+        first_runs: set[str] = set()
+        seen: set[str] = set()
+        for model, seed, _ in plan_runs(self.preset):
+            if model not in seen:
+                seen.add(model)
+                first_runs.add(run_name(model, seed))
         for i, run_dir in enumerate(run_dirs, 1):
             js, pr = folder / f"{run_dir.name}.json", folder / f"{run_dir.name}.probs.safetensors"
             if js.is_file() and pr.is_file():
@@ -196,7 +202,7 @@ class Study:
             else:
                 log(f"evaluate {i}/{len(run_dirs)}: {run_dir.name}", self.quiet)
                 # latency is a property of the architecture: time it on the first seed only
-                timed = run_dir.name.endswith(f"-s{self.first_seed(run_dir)}")
+                timed = run_dir.name in first_runs
                 ev, model = evaluate_source(run_dir, ds.test_images, ds.test_labels, names,
                                             speed_repeats=self.preset.speed_repeats if timed else 0,
                                             name=run_dir.name)
@@ -207,10 +213,6 @@ class Study:
             evals.append(ev)
             models.setdefault(ev.model_name, model)  # first seed's model, for analysis
         return evals, models
-
-    def first_seed(self, run_dir: Path) -> int:
-        model = run_dir.name.rsplit("-s", 1)[0]
-        return min(seed for m, seed, _ in plan_runs(self.preset) if m == model)
 
     def analyse(self, ds: Any, evals: list[RunEvaluation], models: dict[str, torch.nn.Module]
                 ) -> dict[str, Any]:

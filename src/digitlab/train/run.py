@@ -81,11 +81,8 @@ def train_run(
         if not (run_dir / RESUME_FILE).is_file():
             raise CheckpointError(f"{run_dir}: no {RESUME_FILE}; cannot resume")
         config = load_run_config(run_dir)
-    elif run_dir is not None and is_main and world_size == 1:
-        ensure_new_dir(run_dir, "run directory")
-        write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
-    elif run_dir is not None and is_main and not (run_dir / CONFIG_FILE).exists():
-        # torchrun: no parent process prepared the directory
+    elif run_dir is not None and is_main and (world_size == 1 or not (run_dir / CONFIG_FILE).exists()):
+        # with --nproc the parent process prepared the directory; under torchrun nobody did
         ensure_new_dir(run_dir, "run directory")
         write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
 
