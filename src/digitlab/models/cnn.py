@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from digitlab.models._common import KerasL2, keras_bn1d, keras_bn2d, keras_init_, l2
+from digitlab.models.ops import MaxPool2x2
 from digitlab.models.registry import register_model
 
 
@@ -23,8 +24,8 @@ def cnn_simple(num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
     # notebook 002 gives its Conv2D no padding argument: Keras' default 'valid'
     # (28 → 26 → 13 → 11 → 5 → 3), hence the 64·3·3 flatten
     return keras_init_(nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(1, 32, 3), nn.ReLU(), MaxPool2x2(),
+        nn.Conv2d(32, 64, 3), nn.ReLU(), MaxPool2x2(),
         nn.Conv2d(64, 64, 3), nn.ReLU(),
         nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(), nn.Dropout(dropout),
         nn.Linear(64, num_classes),
@@ -47,7 +48,7 @@ def cnn_deep(num_classes: int = 10, conv_dropout: float = 0.25, dense_dropout: f
     cin = 1
     for width in (32, 64, 128):
         layers += _conv_bn_relu(cin, width) + _conv_bn_relu(width, width)
-        layers += [nn.MaxPool2d(2), nn.Dropout(conv_dropout)]
+        layers += [MaxPool2x2(), nn.Dropout(conv_dropout)]
         cin = width
     # 28 → 14 → 7 → 3 (Keras' MaxPooling2D floors odd sizes, as MaxPool2d does)
     # notebook 000's dense head: Dense(relu) → BatchNormalization → Dropout
@@ -74,10 +75,10 @@ class EnhancedCNN(KerasL2, nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), keras_bn2d(32),
             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Dropout(0.25),
+            MaxPool2x2(), nn.Dropout(0.25),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), keras_bn2d(64),
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Dropout(0.25),
+            MaxPool2x2(), nn.Dropout(0.25),
             nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), keras_bn2d(128),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5),
         )

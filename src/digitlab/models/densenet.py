@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from digitlab.models._common import KerasL2, keras_bn2d, keras_init_, l2
+from digitlab.models.ops import MaxPool2x2
 from digitlab.models.registry import register_model
 
 
@@ -48,7 +49,7 @@ class DenseNetMini(KerasL2, nn.Module):
         block2, c2 = dense_block(64, growth_rate, layers_per_block)
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1),
-            block1, nn.Conv2d(c1, 64, 1), nn.MaxPool2d(2),
+            block1, nn.Conv2d(c1, 64, 1), MaxPool2x2(),
             block2, nn.Conv2d(c2, 128, 1),
         )
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from digitlab.models._common import KerasL2, keras_bn2d, keras_init_, l2
+from digitlab.models.ops import MaxPool2x2
 from digitlab.models.registry import register_model
 
 
@@ -48,7 +49,7 @@ class ResNetMini(KerasL2, nn.Module):
         cin = widths[0]
         for i, width in enumerate(widths):
             if i > 0:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2x2())
             for _ in range(blocks_per_stage):
                 layers.append(ResidualBlock(cin, width))
                 cin = width

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from digitlab.models._common import KerasL2, keras_bn2d, keras_init_, l2
+from digitlab.models.ops import MaxPool2x2
 from digitlab.models.registry import register_model
 
 
@@ -45,7 +46,7 @@ class SECNN(KerasL2, nn.Module):
             layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU(), keras_bn2d(width),
                        SqueezeExcitation(width, ratio)]
             if i < 2:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2x2())
             cin = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from digitlab.models.ops import Float32Conv2d, MaxPool2x2
 from digitlab.models.registry import register_model
 
 
@@ -21,8 +22,8 @@ def fast_cnn(c1: int = 8, c2: int = 32, hidden: int = 64, num_classes: int = 10)
     Channel counts are multiples of 8: on our CPU, 12 or 20 channels ran ~1.5× slower than 16.
     """
     return nn.Sequential(
-        nn.Conv2d(1, c1, 5, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
-        nn.Conv2d(c1, c2, 5, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
+        Float32Conv2d(1, c1, 5, bias=False), MaxPool2x2(), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
+        nn.Conv2d(c1, c2, 5, bias=False), MaxPool2x2(), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
         nn.Flatten(), nn.Linear(c2 * 16, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes),
     )
 
@@ -33,8 +34,8 @@ def best_cnn(width: int = 32, dropout: float = 0.2, num_classes: int = 10) -> nn
     """VGG-style: (conv-BN-ReLU)×2 at 28² and 14², one conv at 7², global pooling + linear head."""
     w = width
     return nn.Sequential(
-        *_conv_bn(1, w), *_conv_bn(w, w), nn.MaxPool2d(2),
-        *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-        *_conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),
+        *_conv_bn(1, w), *_conv_bn(w, w), MaxPool2x2(),
+        *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), MaxPool2x2(),
+        *_conv_bn(2 * w, 4 * w), MaxPool2x2(),
         nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w * 9, num_classes),
     )
