@@ -2,12 +2,12 @@
 
 ``MaxPool2x2`` is ``nn.MaxPool2d(2)`` (kernel 2, stride 2, odd sizes floored).
 PyTorch's CPU kernel for contiguous NCHW tensors spends most of its time on
-index bookkeeping: pooling a 256×8×24×24 batch took 3.8 ms forward here, as
-long as the convolution before it. Four strided views and three
-``torch.maximum`` calls do the forward in 0.5–1 ms; the backward routes the
-gradient with three 0/1 masks saved in the forward, choosing the same element
-as PyTorch when values tie (the first maximum in row-major order), so outputs
-and gradients are bit-identical (tested). Under ``torch.export``/ONNX export
+index bookkeeping: in the `fast` recipe it took as long as the convolution
+before it. Here the forward is four strided views and three ``torch.maximum``
+calls; the backward routes the gradient with three 0/1 masks saved in the
+forward, choosing the same element as PyTorch when values tie (the first
+maximum in row-major order), so outputs and gradients are bit-identical
+(tested). ``scripts/measure_fast_variants.py`` times both kernels. Under ``torch.export``/ONNX export
 the standard operator is emitted, so exported graphs keep a plain MaxPool.
 """
 
@@ -87,9 +87,9 @@ class MaxPool2x2(nn.Module):
 class Float32Conv2d(nn.Conv2d):
     """A ``Conv2d`` that stays in float32 under autocast.
 
-    For a one-channel input layer, oneDNN's bfloat16 weight gradient ran 2× slower
-    than float32 on our CPU (5.2 vs 2.7 ms per 256-image batch, 5×5 kernel), while
-    later layers gain from bfloat16; so the first layer opts out.
+    For a one-channel input layer, oneDNN's bfloat16 weight gradient was slower
+    than float32 on our CPU while later layers gain from bfloat16, so the first
+    layer opts out (``scripts/measure_fast_variants.py`` times both).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
