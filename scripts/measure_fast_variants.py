@@ -38,19 +38,6 @@ def _median_ms(step: Callable[[], object], repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _first_conv_micro(repeats: int = 40) -> dict[str, float]:
-    """fast-cnn's first layer (1→8 channels, 5×5, batch 256), forward + weight gradient."""
-    x = torch.randn(256, 1, 28, 28)
-    weight = torch.randn(8, 1, 5, 5, requires_grad=True)
-    grad = torch.randn(256, 8, 24, 24)
-    out = {}
-    for name, dtype in (("float32_ms", torch.float32), ("bfloat16_ms", torch.bfloat16)):
-        def step(dtype: torch.dtype = dtype) -> None:
-            F.conv2d(x.to(dtype), weight.to(dtype)).backward(grad.to(dtype))
-        out[name] = _median_ms(step, repeats)
-    return out
-
-
 def _pool_micro(repeats: int = 40) -> list[dict[str, Any]]:
     from digitlab.models.ops import max_pool_2x2
 
@@ -137,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     splits = make_splits(load_dataset("mnist", args.data_dir, progress=False), 0.0, 0)
     base = load_config("fast-cnn").override(val_fraction=0.0, tensorboard=False)
     pool_rows = _pool_micro()
-    first_conv = _first_conv_micro()
 
     def train(name: str, seed: int) -> tuple[float, float]:
         _, edit, overrides = variants[name]
@@ -162,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                       "accuracy_mean": statistics.fmean(accs), "accuracy_min": min(accs),
                       "runs": [{"seed": s, "test_accuracy": a, "train_seconds": t}
                                for s, (a, t) in enumerate(runs[name])]})
-    out = {"pool_micro": pool_rows, "first_conv_micro": first_conv, "variants": table, "seeds": args.seeds,
+    out = {"pool_micro": pool_rows, "variants": table, "seeds": args.seeds,
            "machine": machine_info()}
     if args.json:
         print(json.dumps(out, indent=2))
@@ -172,9 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     for r in pool_rows:
         print(f"| {'×'.join(map(str, r['shape']))} | {r['dtype']} | {r['torch_ms']:.2f} | "
               f"{r['digitlab_ms']:.2f} | {r['speedup']:.1f}× |")
-    print()
-    print(f"First conv (1→8, 5×5, batch 256) forward + weight gradient: float32 {first_conv['float32_ms']:.2f} ms, "
-          f"bfloat16 {first_conv['bfloat16_ms']:.2f} ms")
     print()
     print(f"| variant | change | median train s | time vs shipped | test acc. mean | min ({args.seeds} seeds) |")
     print("|---|---|---|---|---|---|")

@@ -1,9 +1,8 @@
 """Layers with a faster CPU implementation than PyTorch's generic kernel, and identical results.
 
 ``MaxPool2x2`` is ``nn.MaxPool2d(2)`` (kernel 2, stride 2, odd sizes floored).
-PyTorch's CPU kernel for contiguous NCHW tensors spends most of its time on
-index bookkeeping: in the `fast` recipe it took as long as the convolution
-before it. Here the forward is four strided views and three ``torch.maximum``
+PyTorch's CPU kernel for contiguous NCHW tensors spends much of its time on
+index bookkeeping. Here the forward is four strided views and three ``torch.maximum``
 calls; the backward routes the gradient with three 0/1 masks saved in the
 forward, choosing the same element as PyTorch when values tie (the first
 maximum in row-major order), so outputs and gradients are bit-identical
@@ -88,8 +87,8 @@ class Float32Conv2d(nn.Conv2d):
     """A ``Conv2d`` that stays in float32 under autocast.
 
     For a one-channel input layer, oneDNN's bfloat16 weight gradient was slower
-    than float32 on our CPU while later layers gain from bfloat16, so the first
-    layer opts out (``scripts/measure_fast_variants.py`` times both).
+    than float32 on our CPU, so the first layer opts out: the `fast` recipe trains
+    faster this way (variant ``bf16-first-conv`` of ``scripts/measure_fast_variants.py``).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,9 @@ def fast_cnn(c1: int = 8, c2: int = 32, hidden: int = 64, num_classes: int = 10)
     Pooling comes before batch norm and ReLU (max-pool commutes with the
     monotone ReLU; BN after pooling is a different but equally good
     normalisation) so the elementwise work runs at a quarter of the resolution.
-    Channel counts are multiples of 8: other counts hit slow oneDNN paths on our CPU.
     The first conv stays float32 under autocast and pooling uses ``MaxPool2x2``
-    (see ``digitlab.models.ops``); ``scripts/measure_fast_variants.py`` measures both.
+    (see ``digitlab.models.ops``); ``scripts/measure_fast_variants.py`` measures
+    these and the alternatives (narrower, fp32, channels-last, bigger batches, cropping).
     """
     return nn.Sequential(
         Float32Conv2d(1, c1, 5, bias=False), MaxPool2x2(), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
