@@ -53,3 +53,12 @@ def test_float32_conv_stays_float32_under_autocast() -> None:
         assert conv(x).dtype == torch.float32
         assert torch.nn.functional.conv2d(x, conv.weight).dtype == torch.bfloat16
     assert torch.allclose(conv(x), F.conv2d(x, conv.weight, conv.bias))
+
+
+def test_export_sees_the_standard_operator() -> None:
+    """Exported graphs (ONNX goes through torch.export) keep a plain max-pool node."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), MaxPool2x2()).eval()
+    graph = torch.export.export(model, (torch.randn(1, 1, 8, 8),)).graph
+    targets = {str(node.target) for node in graph.nodes if node.op == "call_function"}
+    assert any("max_pool2d" in t for t in targets), targets
+    assert not any("maximum" in t for t in targets), targets
