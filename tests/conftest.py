@@ -36,3 +36,19 @@ def mnist(mnist_dir: Path):
 
     # download=False: a test run must fail loudly on missing data, never fetch it
     return load_dataset("mnist", data_dir=mnist_dir, download=False, progress=False)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, mnist):
+    """A run directory with a small inline-trained CNN, shared by the inference, serve and export tests."""
+    from inference_support import trained_run
+
+    return trained_run(tmp_path_factory, mnist)
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir: Path):
+    """``load_predictor`` on :func:`run_dir` (one per test module, so no module sees another's changes)."""
+    from digitlab.inference import load_predictor
+
+    return load_predictor(run_dir)

@@ -21,15 +21,9 @@ import uvicorn
 
 from digitlab.inference import load_predictor
 from digitlab.serve import create_app
-from inference_support import trained_run
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory, mnist):
-    return trained_run(tmp_path_factory, mnist)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ from digitlab.cli import main
 from digitlab.errors import ConfigError, RunExistsError
 from digitlab.inference import load_predictor
 from digitlab.inference.export import benchmark_inference, export_onnx, int8_path
-from inference_support import torch_threads, trained_run
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory, mnist):
-    return trained_run(tmp_path_factory, mnist)
+from inference_support import torch_threads
 
 
 @pytest.fixture(scope="module")

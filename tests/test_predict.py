@@ -16,17 +16,7 @@ from digitlab.errors import CheckpointError, ImageError
 from digitlab.inference import load_predictor
 from digitlab.inference import predictor as predictor_mod
 from digitlab.train.checkpoint import load_checkpoint
-from inference_support import digit_png, trained_run
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory, mnist):
-    return trained_run(tmp_path_factory, mnist)
-
-
-@pytest.fixture(scope="module")
-def predictor(run_dir):
-    return load_predictor(run_dir)
+from inference_support import digit_png
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,8 @@ from scipy import ndimage
 from digitlab.errors import ImageError
 from digitlab.inference import load_predictor
 from digitlab.inference.preprocess import ImageTooLargeError, load_image, split_digits, to_mnist
-from inference_support import bomb_png, digit_png, render_real_world, sample_test_digits, trained_run
+from inference_support import bomb_png, digit_png, render_real_world, sample_test_digits
 from inference_support import save_image as _save
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory, mnist):
-    return trained_run(tmp_path_factory, mnist)
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from digitlab.inference import load_predictor
 from digitlab.serve import create_app
-from inference_support import bomb_png, digit_png, trained_run
+from inference_support import bomb_png, digit_png
 
 MAX_UPLOAD = 200_000
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory, mnist):
-    return trained_run(tmp_path_factory, mnist)
-
-
-@pytest.fixture(scope="module")
-def predictor(run_dir):
-    return load_predictor(run_dir)
 
 
 @pytest.fixture(scope="module")
