@@ -96,7 +96,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     info = model_info(name)
     try:
         model = info.builder(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # unknown keyword, or a value the builder rejects
         raise ConfigError(f"bad arguments for model {name!r}: {exc}") from None
     model.digitlab_name = name  # type: ignore[attr-defined]
     model.digitlab_kwargs = dict(kwargs)  # type: ignore[attr-defined]

@@ -57,9 +57,11 @@ def train_distributed(cfg: TrainConfig | None, out: str | os.PathLike[str], npro
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     out = Path(out)
     if not resume:
+        from digitlab.models import create_model
         from digitlab.train.run import CONFIG_FILE
         from digitlab.utils import ensure_new_dir, write_text_atomic
 
+        create_model(cfg.model, **cfg.model_kwargs)  # bad model arguments: one error, no directory
         ensure_new_dir(out, "run directory")  # before spawning, so a refusal is one clean error
         write_text_atomic(out / CONFIG_FILE, cfg.to_yaml())
     threads = max(1, (os.cpu_count() or 1) // nproc)

@@ -81,7 +81,11 @@ def train_run(
         if not (run_dir / RESUME_FILE).is_file():
             raise CheckpointError(f"{run_dir}: no {RESUME_FILE}; cannot resume")
         config = load_run_config(run_dir)
-    elif run_dir is not None and is_main and (world_size == 1 or not (run_dir / CONFIG_FILE).exists()):
+    torch.manual_seed(config.seed)  # initialisation is part of the seed's promise
+    # built before anything touches the disk: bad model arguments leave no half-made run directory
+    model = create_model(config.model, **config.model_kwargs)
+    prepared = world_size > 1 and run_dir is not None and (run_dir / CONFIG_FILE).exists()
+    if not resume and run_dir is not None and is_main and not prepared:
         # with --nproc the parent process prepared the directory; under torchrun nobody did
         ensure_new_dir(run_dir, "run directory")
         write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
@@ -91,8 +95,6 @@ def train_run(
     device = resolve_device(config.device)
     if world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", rank % torch.cuda.device_count())
-    torch.manual_seed(config.seed)  # initialisation is part of the seed's promise
-    model = create_model(config.model, **config.model_kwargs)
 
     cbs: list[Callback] = []
     if run_dir is not None:
