@@ -8,7 +8,7 @@ import statistics
 import pytest
 import torch
 
-from digitlab.bench.ensemble import TTA_SHIFTS, ensemble_runs, predict_proba, shift_images
+from digitlab.bench.ensemble import TTA_SHIFTS, ensemble_runs, error_overlap, predict_proba, shift_images
 from digitlab.bench.plain import PLAIN, train_plain
 from digitlab.data import Dataset
 from digitlab.train import TrainConfig, load_checkpoint, train_run
@@ -62,6 +62,16 @@ def test_ensemble_averages_member_probabilities(mnist, tmp_path):
     assert result["accuracy"] == pytest.approx(expected)
     assert len(result["members"]) == 2 and result["tta_accuracy"] is not None
     assert all(0.5 < m["accuracy"] < 1 for m in result["members"])
+    errors = result["errors"]
+    assert errors["ensemble_wrong"] == round((1 - expected) * len(mnist.test_labels))
+    assert errors["all_members_wrong"] <= errors["majority_wrong"] <= errors["any_member_wrong"]
+
+
+def test_error_overlap_counts_shared_and_any_mistakes():
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    members = [torch.tensor([0, 1, 9, 9, 4]), torch.tensor([0, 9, 9, 3, 4]), torch.tensor([0, 1, 9, 9, 9])]
+    counts = error_overlap(members, torch.tensor([0, 1, 9, 9, 4]), labels)
+    assert counts == {"all_members_wrong": 1, "any_member_wrong": 4, "majority_wrong": 2, "ensemble_wrong": 2}
 
 
 @pytest.mark.slow

@@ -306,6 +306,16 @@ def test_bad_model_arguments_are_config_errors():
         create_model("random-forest", n_estimators=0)
     with pytest.raises(ConfigError):
         create_model("mlp-basic-128", no_such_argument=1)
+    with pytest.raises(ConfigError, match="odd"):
+        create_model("best-cnn", kernel_size=4)
+
+
+@pytest.mark.parametrize("kernel_size", [5, 7])
+def test_best_cnn_kernel_size_changes_receptive_field_not_shapes(kernel_size, batch):
+    model = create_model("best-cnn", kernel_size=kernel_size, width=8).eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.kernel_size == (kernel_size, kernel_size) for c in convs)
+    assert model(batch[0]).shape == (len(batch[0]), 10)
 
 
 def test_cross_validation_matches_sklearn(subset):

@@ -273,6 +273,10 @@ def test_cli_train_then_refuse_overwrite(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["train", "--model", "mlp-basic-128", "--set", "lr"]) == 2
     assert main(["train", "--config", "no-such-recipe"]) == 2
+    bad = tmp_path / "bad"
+    assert main(["train", "--config", "best-cnn", "--set", "model_kwargs={kernel_size: 4}", "--dry-run",
+                 "--out", str(bad)]) == 2
+    assert "kernel_size" in capsys.readouterr().err and not bad.exists()  # nothing half-made left behind
     assert yaml.safe_load((out / "config.yaml").read_text())["max_steps"] == 5
 
 

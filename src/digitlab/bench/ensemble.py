@@ -33,19 +33,38 @@ def predict_proba(model: torch.nn.Module, images_u8: torch.Tensor, tta: bool = F
     return sum(batched_proba(model, shift_images(x, dx, dy), batch_size) for dx, dy in TTA_SHIFTS) / len(TTA_SHIFTS)
 
 
+def error_overlap(member_predictions: list[torch.Tensor], ensemble_prediction: torch.Tensor,
+                  labels: torch.Tensor) -> dict[str, int]:
+    """How much the members' mistakes coincide: an ensemble can only fix what some member gets right.
+
+    Counts test images that every member gets wrong (no average of these
+    members can fix them), that at least one gets wrong, that most get wrong,
+    and that the ensemble gets wrong.
+    """
+    wrong = torch.stack([p != labels for p in member_predictions])
+    return {"all_members_wrong": int(wrong.all(0).sum()), "any_member_wrong": int(wrong.any(0).sum()),
+            "majority_wrong": int((2 * wrong.sum(0) > len(member_predictions)).sum()),
+            "ensemble_wrong": int((ensemble_prediction != labels).sum())}
+
+
 def ensemble_runs(sources: list[str], dataset: str = "mnist", data_dir: str | None = None,
                   split: str = "test", tta: bool = False) -> dict:
+    """Average the members' class probabilities on ``split``; per-member and ensemble accuracy.
+
+    Also reports :func:`error_overlap` of the plain (no TTA) predictions.
+    """
     from digitlab.data import load_dataset
     from digitlab.train.checkpoint import load_checkpoint
 
     ds = load_dataset(dataset, data_dir, progress=False)
     images, labels = ds.split(split)
-    members, total, total_tta = [], None, None
+    members, predictions, total, total_tta = [], [], None, None
     for src in sources:
         model, meta = load_checkpoint(src)
         probs = predict_proba(model, images)
-        members.append({"source": str(src), "model": meta["model"],
-                        "accuracy": float((probs.argmax(1) == labels).float().mean())})
+        predictions.append(probs.argmax(1))
+        members.append({"source": str(src), "model": meta["model"], "model_kwargs": meta.get("model_kwargs", {}),
+                        "accuracy": float((predictions[-1] == labels).float().mean())})
         total = probs if total is None else total + probs
         if tta:
             p_tta = predict_proba(model, images, tta=True)
@@ -53,7 +72,8 @@ def ensemble_runs(sources: list[str], dataset: str = "mnist", data_dir: str | No
             total_tta = p_tta if total_tta is None else total_tta + p_tta
     result = {"split": split, "n": int(labels.numel()), "members": members,
               "accuracy": float((total.argmax(1) == labels).float().mean()),
-              "member_accuracy_mean": sum(m["accuracy"] for m in members) / len(members)}
+              "member_accuracy_mean": sum(m["accuracy"] for m in members) / len(members),
+              "errors": error_overlap(predictions, total.argmax(1), labels)}
     result["tta_accuracy"] = (float((total_tta.argmax(1) == labels).float().mean())
                               if total_tta is not None else None)
     return result

@@ -8,16 +8,20 @@ import sys
 
 from digitlab.cli import HelpFormatter, add_data_args
 
-EPILOG = """examples:
+BENCH_EPILOG = """examples:
   digitlab bench fast --seeds 5 --vs plain --json
   digitlab bench best --seeds 3 --out runs/best
   digitlab bench reference --epochs 2
+"""
+
+ENSEMBLE_EPILOG = """examples:
   digitlab ensemble runs/best/best-seed0 runs/best/best-seed1 runs/best/best-seed2 --tta
+  digitlab ensemble runs/a runs/b --json
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="time a training recipe over seeds", epilog=EPILOG,
+    p = sub.add_parser("bench", help="time a training recipe over seeds", epilog=BENCH_EPILOG,
                        formatter_class=HelpFormatter)
     p.add_argument("recipe", help="fast, best, plain or reference")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0, 1, ...)")
@@ -30,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_bench_cmd)
 
     e = sub.add_parser("ensemble", help="average several runs' probabilities on the test set",
-                       epilog=EPILOG, formatter_class=HelpFormatter)
+                       epilog=ENSEMBLE_EPILOG, formatter_class=HelpFormatter)
     e.add_argument("runs", nargs="+", help="run directories or checkpoints")
     e.add_argument("--tta", action="store_true", help="also average over small test-time shifts")
     e.add_argument("--split", default="test", choices=["test", "train"])
@@ -82,4 +86,7 @@ def run_ensemble_cmd(args: argparse.Namespace) -> int:
         print(f"  {m['source']}: {m['accuracy']:.4f}")
     print(f"ensemble of {len(result['members'])}: {result['accuracy']:.4f}"
           + (f"  (with TTA: {result['tta_accuracy']:.4f})" if result.get("tta_accuracy") is not None else ""))
+    e = result["errors"]
+    print(f"mistakes on {result['n']} images: ensemble {e['ensemble_wrong']}, every member {e['all_members_wrong']}, "
+          f"most members {e['majority_wrong']}, any member {e['any_member_wrong']}")
     return 0
