@@ -95,6 +95,21 @@ class KerasL2:
         return self.l2_lambda * torch.stack([p.pow(2).sum() for p in params]).sum()
 
 
+class KerasFeaturesHead(KerasL2, nn.Module):
+    """A notebook's Keras model as ``head(features(x))``; subclasses build both parts."""
+
+    features: nn.Module
+    head: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def gap_head(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Keras ``GlobalAveragePooling2D → Dropout → Dense(num_classes)``, returning logits."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+
 def count_parameters_keras(model: nn.Module) -> int:
     """Parameter count as Keras' ``count_params()`` reports it.
 

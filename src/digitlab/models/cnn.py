@@ -6,10 +6,9 @@ initialisation and BatchNorm settings (see :mod:`digitlab.models._common`).
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from digitlab.models._common import KerasL2, keras_bn1d, keras_bn2d, keras_init_, l2
+from digitlab.models._common import KerasFeaturesHead, keras_bn1d, keras_bn2d, keras_init_, l2
 from digitlab.models.ops import MaxPool2x2
 from digitlab.models.registry import register_model
 
@@ -61,7 +60,7 @@ def cnn_deep(num_classes: int = 10, conv_dropout: float = 0.25, dense_dropout: f
     return keras_init_(nn.Sequential(*layers))
 
 
-class EnhancedCNN(KerasL2, nn.Module):
+class EnhancedCNN(KerasFeaturesHead):
     """Notebook 001's ``Enhanced_CNN``: conv pairs with BN and dropout, global pooling, L2 dense head.
 
     Keras order is kept: ``Conv2D(activation='relu')`` then ``BatchNormalization``
@@ -87,9 +86,6 @@ class EnhancedCNN(KerasL2, nn.Module):
             nn.Linear(128, num_classes),
         )
         keras_init_(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 @register_model(

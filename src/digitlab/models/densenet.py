@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from digitlab.models._common import KerasL2, keras_bn2d, keras_init_, l2
+from digitlab.models._common import KerasFeaturesHead, gap_head, keras_bn2d, keras_init_, l2
 from digitlab.models.ops import MaxPool2x2
 from digitlab.models.registry import register_model
 
@@ -32,7 +32,7 @@ def dense_block(cin: int, growth_rate: int, num_layers: int) -> tuple[nn.Sequent
     return nn.Sequential(*layers), cin + num_layers * growth_rate
 
 
-class DenseNetMini(KerasL2, nn.Module):
+class DenseNetMini(KerasFeaturesHead):
     """Conv32 → dense block → 1×1 conv 64 → pool → dense block → 1×1 conv 128 → GAP → dropout → 10.
 
     The notebook's "transition layers" are bare 1×1 convolutions (no BN/ReLU
@@ -52,12 +52,8 @@ class DenseNetMini(KerasL2, nn.Module):
             block1, nn.Conv2d(c1, 64, 1), MaxPool2x2(),
             block2, nn.Conv2d(c2, 128, 1),
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(128, num_classes))
+        self.head = gap_head(128, num_classes, dropout)
         keras_init_(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 @register_model(

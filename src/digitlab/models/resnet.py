@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from digitlab.models._common import KerasL2, keras_bn2d, keras_init_, l2
+from digitlab.models._common import KerasFeaturesHead, gap_head, keras_bn2d, keras_init_, l2
 from digitlab.models.ops import MaxPool2x2
 from digitlab.models.registry import register_model
 
@@ -32,7 +32,7 @@ class ResidualBlock(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
-class ResNetMini(KerasL2, nn.Module):
+class ResNetMini(KerasFeaturesHead):
     """Stem conv32 → 2 blocks@32 → pool → 2 blocks@64 → pool → 2 blocks@128 → GAP → dropout → 10.
 
     No strided convolutions (the notebook keeps ``stride=1`` "for small images"
@@ -54,12 +54,8 @@ class ResNetMini(KerasL2, nn.Module):
                 layers.append(ResidualBlock(cin, width))
                 cin = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(cin, num_classes))
+        self.head = gap_head(cin, num_classes, dropout)
         keras_init_(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 @register_model(

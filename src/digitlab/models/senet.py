@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from digitlab.models._common import KerasL2, keras_bn2d, keras_init_, l2
+from digitlab.models._common import KerasFeaturesHead, gap_head, keras_bn2d, keras_init_, l2
 from digitlab.models.ops import MaxPool2x2
 from digitlab.models.registry import register_model
 
@@ -30,7 +30,7 @@ class SqueezeExcitation(nn.Module):
         return x * weights[:, :, None, None]
 
 
-class SECNN(KerasL2, nn.Module):
+class SECNN(KerasFeaturesHead):
     """Three stages of conv(ReLU) → BN → SE at 32/64/128 filters, pooling between, GAP → dropout → 10.
 
     L2 applies only to the SE dense kernels, as in the notebook (its convs have none).
@@ -49,12 +49,8 @@ class SECNN(KerasL2, nn.Module):
                 layers.append(MaxPool2x2())
             cin = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(cin, num_classes))
+        self.head = gap_head(cin, num_classes, dropout)
         keras_init_(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 @register_model(
