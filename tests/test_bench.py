@@ -62,6 +62,8 @@ def test_ensemble_averages_member_probabilities(mnist, tmp_path):
     assert result["accuracy"] == pytest.approx(expected)
     assert len(result["members"]) == 2 and result["tta_accuracy"] is not None
     assert all(0.5 < m["accuracy"] < 1 for m in result["members"])
+    tta = sum(predict_proba(load_checkpoint(r)[0], mnist.test_images, tta=True) for r in runs)
+    assert result["tta_accuracy"] == pytest.approx(float((tta.argmax(1) == mnist.test_labels).float().mean()))
     errors = result["errors"]
     assert errors["ensemble_wrong"] == round((1 - expected) * len(mnist.test_labels))
     assert errors["all_members_wrong"] <= errors["majority_wrong"] <= errors["any_member_wrong"]

@@ -23,14 +23,24 @@ def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 def predict_proba(model: torch.nn.Module, images_u8: torch.Tensor, tta: bool = False,
-                  batch_size: int = 1000) -> torch.Tensor:
-    """Class probabilities, averaged over :data:`TTA_SHIFTS` when ``tta``."""
+                  batch_size: int = 1000, unshifted: torch.Tensor | None = None) -> torch.Tensor:
+    """Class probabilities, averaged over :data:`TTA_SHIFTS` when ``tta``.
+
+    ``unshifted``: the model's probabilities on the original images, when the
+    caller already has them (saves one of the five passes).
+    """
     from digitlab.evaluate.inference import predict_proba as batched_proba
 
     if not tta:
         return batched_proba(model, images_u8, batch_size)
     x = to_float(images_u8)
-    return sum(batched_proba(model, shift_images(x, dx, dy), batch_size) for dx, dy in TTA_SHIFTS) / len(TTA_SHIFTS)
+    total = torch.zeros(())
+    for dx, dy in TTA_SHIFTS:
+        if (dx, dy) == (0, 0) and unshifted is not None:
+            total = total + unshifted
+        else:
+            total = total + batched_proba(model, shift_images(x, dx, dy), batch_size)
+    return total / len(TTA_SHIFTS)
 
 
 def error_overlap(member_predictions: list[torch.Tensor], ensemble_prediction: torch.Tensor,
@@ -67,7 +77,7 @@ def ensemble_runs(sources: list[str], dataset: str = "mnist", data_dir: str | No
                         "accuracy": float((predictions[-1] == labels).float().mean())})
         total = probs if total is None else total + probs
         if tta:
-            p_tta = predict_proba(model, images, tta=True)
+            p_tta = predict_proba(model, images, tta=True, unshifted=probs)
             members[-1]["tta_accuracy"] = float((p_tta.argmax(1) == labels).float().mean())
             total_tta = p_tta if total_tta is None else total_tta + p_tta
     result = {"split": split, "n": int(labels.numel()), "members": members,
