@@ -37,7 +37,7 @@ def best_cnn(width: int = 32, dropout: float = 0.2, kernel_size: int = 3, num_cl
 
     ``kernel_size`` (odd; "same" padding) exists for ensembles: members with
     different receptive fields make less correlated mistakes than seeds of
-    one network (Ahn et al. 2020 ensemble 3×3, 5×5 and 7×7 models).
+    one network (An et al. 2020 ensemble 3×3, 5×5 and 7×7 models).
     """
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"best-cnn kernel_size must be a positive odd number, got {kernel_size}")
