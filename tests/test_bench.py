@@ -8,7 +8,14 @@ import statistics
 import pytest
 import torch
 
-from digitlab.bench.ensemble import TTA_SHIFTS, ensemble_runs, error_overlap, predict_proba, shift_images
+from digitlab.bench.ensemble import (
+    TTA_SHIFTS,
+    ensemble_mistakes,
+    ensemble_runs,
+    error_overlap,
+    predict_proba,
+    shift_images,
+)
 from digitlab.bench.plain import PLAIN, train_plain
 from digitlab.data import Dataset
 from digitlab.train import TrainConfig, load_checkpoint, train_run
@@ -49,14 +56,15 @@ def test_shift_images_moves_pixels_and_fills_zeros():
     assert (0, 0) in TTA_SHIFTS
 
 
-def test_ensemble_averages_member_probabilities(mnist, tmp_path):
+def test_ensemble_averages_member_probabilities(mnist, tmp_path, capsys):
     small = Dataset(mnist.name, mnist.spec, mnist.source, mnist.train_images[:3000], mnist.train_labels[:3000],
                     mnist.test_images, mnist.test_labels, mnist.checksums)
     runs = []
     for seed in (0, 1):
         cfg = TrainConfig(model="mlp-basic-128", epochs=1, max_steps=40, seed=seed, tensorboard=False)
         runs.append(str(train_run(cfg, tmp_path / f"r{seed}", progress=False, dataset=small).run_dir))
-    result = ensemble_runs(runs, data_dir=str(mnist.source), tta=True)
+    plot = tmp_path / "mistakes.png"
+    result = ensemble_runs(runs, data_dir=str(mnist.source), tta=True, plot=str(plot))
     probs = sum(predict_proba(load_checkpoint(r)[0], mnist.test_images) for r in runs)
     expected = float((probs.argmax(1) == mnist.test_labels).float().mean())
     assert result["accuracy"] == pytest.approx(expected)
@@ -67,6 +75,26 @@ def test_ensemble_averages_member_probabilities(mnist, tmp_path):
     errors = result["errors"]
     assert errors["ensemble_wrong"] == round((1 - expected) * len(mnist.test_labels))
     assert errors["all_members_wrong"] <= errors["majority_wrong"] <= errors["any_member_wrong"]
+    wrong = torch.nonzero(probs.argmax(1) != mnist.test_labels).flatten().tolist()
+    assert [m["index"] for m in result["mistakes"]] == wrong
+    assert plot.read_bytes().startswith(b"\x89PNG") and result["plot"] == str(plot)
+
+    # an existing plot is never overwritten: a one-line error and exit status 2
+    from digitlab.cli import main
+
+    before = plot.read_bytes()
+    assert main(["ensemble", *runs, "--data-dir", str(mnist.source), "--plot", str(plot)]) == 2
+    assert plot.read_bytes() == before
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_ensemble_mistakes_count_members_that_were_wrong_too():
+    labels = torch.tensor([0, 1, 2, 3])
+    members = [torch.tensor([0, 1, 9, 9]), torch.tensor([0, 9, 9, 3]), torch.tensor([0, 1, 9, 3])]
+    probs = torch.full((4, 10), 0.05)
+    probs[torch.arange(4), torch.tensor([0, 1, 9, 3])] = 0.55
+    assert ensemble_mistakes(members, probs, labels) == [
+        {"index": 2, "label": 2, "prediction": 9, "confidence": pytest.approx(0.55), "members_wrong": 3}]
 
 
 def test_error_overlap_counts_shared_and_any_mistakes():

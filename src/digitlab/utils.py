@@ -44,6 +44,34 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def write_new_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a new file atomically; refuse if ``path`` exists (even if created meanwhile)."""
+    from digitlab.errors import RunExistsError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        try:
+            os.link(tmp, path)  # atomic and no-clobber
+        except FileExistsError:
+            raise RunExistsError(exists_message(path)) from None
+        except OSError:  # filesystem without hard links
+            if path.exists():
+                raise RunExistsError(exists_message(path)) from None
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def exists_message(path: str | os.PathLike[str], what: str | None = None) -> str:
+    """The one-line error for an output that already exists."""
+    return f"{what + ' ' if what else ''}{path} already exists; choose another --out or delete it first"
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
@@ -89,8 +117,6 @@ def ensure_new_dir(path: str | os.PathLike[str], what: str = "output directory")
 
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunExistsError(
-            f"{what} {path} already exists; choose another --out or delete it first"
-        )
+        raise RunExistsError(exists_message(path, what))
     path.mkdir(parents=True, exist_ok=True)
     return path

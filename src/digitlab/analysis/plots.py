@@ -139,15 +139,17 @@ def reliability_png(reliability: Mapping[str, Any], title: str = "Reliability di
 
 def misclassified_grid_png(images: ArrayLike, true: Sequence[int], pred: Sequence[int],
                            confidence: Sequence[float], class_names: Sequence[str] | None = None,
-                           ncols: int = 8, title: str = "Misclassified examples") -> bytes:
-    """Grid of images titled ``"true→pred (conf%)"``."""
+                           ncols: int = 8, title: str = "Misclassified examples",
+                           notes: Sequence[str] | None = None) -> bytes:
+    """Grid of images titled ``"true→pred (conf%)"``, with ``notes[k]`` as a second line if given."""
     plt = _plt()
     imgs = _images(images)
     n = len(imgs)
     ncols = max(1, min(ncols, n)) if n else 1
     nrows = max(1, -(-n // ncols))
     names = class_names
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.35 * ncols, 1.55 * nrows + 0.4), squeeze=False)
+    row_height = 1.55 if notes is None else 1.8
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.35 * ncols, row_height * nrows + 0.4), squeeze=False)
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k < n:
@@ -155,7 +157,8 @@ def misclassified_grid_png(images: ArrayLike, true: Sequence[int], pred: Sequenc
             tn = names[t] if names is not None else str(t)
             pn = names[p] if names is not None else str(p)
             ax.imshow(imgs[k], cmap="gray_r", vmin=0, vmax=1)
-            ax.set_title(f"{tn}→{pn} ({100 * float(confidence[k]):.0f}%)", fontsize=8)
+            note = f"\n{notes[k]}" if notes is not None else ""
+            ax.set_title(f"{tn}→{pn} ({100 * float(confidence[k]):.0f}%){note}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _png(fig)
 

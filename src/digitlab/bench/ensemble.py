@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from digitlab.data.batches import to_float
@@ -57,15 +59,48 @@ def error_overlap(member_predictions: list[torch.Tensor], ensemble_prediction: t
             "ensemble_wrong": int((ensemble_prediction != labels).sum())}
 
 
+def ensemble_mistakes(member_predictions: list[torch.Tensor], ensemble_probs: torch.Tensor,
+                      labels: torch.Tensor) -> list[dict]:
+    """The images the ensemble gets wrong, each with how many members got it wrong too.
+
+    One dict per mistake, in test-set order: ``index``, ``label``, ``prediction``,
+    ``confidence`` (the ensemble's probability for its prediction) and
+    ``members_wrong`` (out of ``len(member_predictions)``).
+    """
+    confidence, prediction = ensemble_probs.max(1)
+    members_wrong = torch.stack([p != labels for p in member_predictions]).sum(0)
+    return [{"index": i, "label": int(labels[i]), "prediction": int(prediction[i]),
+             "confidence": float(confidence[i]), "members_wrong": int(members_wrong[i])}
+            for i in torch.nonzero(prediction != labels).flatten().tolist()]
+
+
+def mistakes_png(images_u8: torch.Tensor, mistakes: list[dict], n_members: int, title: str) -> bytes:
+    """Grid of the ensemble's mistakes: ``true→pred (confidence)`` and how many members agreed."""
+    from digitlab.analysis.plots import misclassified_grid_png
+
+    idx = torch.tensor([m["index"] for m in mistakes], dtype=torch.long)
+    return misclassified_grid_png(
+        images_u8[idx],
+        [m["label"] for m in mistakes], [m["prediction"] for m in mistakes],
+        [m["confidence"] for m in mistakes],
+        notes=[f"{m['members_wrong']}/{n_members} wrong" for m in mistakes], title=title)
+
+
 def ensemble_runs(sources: list[str], dataset: str = "mnist", data_dir: str | None = None,
-                  split: str = "test", tta: bool = False) -> dict:
+                  split: str = "test", tta: bool = False, plot: str | None = None) -> dict:
     """Average the members' class probabilities on ``split``; per-member and ensemble accuracy.
 
-    Also reports :func:`error_overlap` of the plain (no TTA) predictions.
+    Also reports :func:`error_overlap` and :func:`ensemble_mistakes` of the plain
+    (no TTA) predictions; ``plot`` writes :func:`mistakes_png` to that new PNG file.
     """
     from digitlab.data import load_dataset
     from digitlab.train.checkpoint import load_checkpoint
+    from digitlab.utils import exists_message, write_new_bytes_atomic
 
+    if plot is not None and Path(plot).exists():  # fail before minutes of inference, not after
+        from digitlab.errors import RunExistsError
+
+        raise RunExistsError(exists_message(plot))
     ds = load_dataset(dataset, data_dir, progress=False)
     images, labels = ds.split(split)
     members, predictions, total, total_tta = [], [], None, None
@@ -83,7 +118,13 @@ def ensemble_runs(sources: list[str], dataset: str = "mnist", data_dir: str | No
     result = {"split": split, "n": int(labels.numel()), "members": members,
               "accuracy": float((total.argmax(1) == labels).float().mean()),
               "member_accuracy_mean": sum(m["accuracy"] for m in members) / len(members),
-              "errors": error_overlap(predictions, total.argmax(1), labels)}
+              "errors": error_overlap(predictions, total.argmax(1), labels),
+              "mistakes": ensemble_mistakes(predictions, total / len(members), labels)}
     result["tta_accuracy"] = (float((total_tta.argmax(1) == labels).float().mean())
                               if total_tta is not None else None)
+    if plot is not None:
+        title = (f"Ensemble of {len(members)}: {len(result['mistakes'])} mistakes on {result['n']} {split} images "
+                 "(true→predicted, confidence; members also wrong)")
+        write_new_bytes_atomic(plot, mistakes_png(images, result["mistakes"], len(members), title))
+        result["plot"] = str(plot)
     return result

@@ -17,6 +17,7 @@ BENCH_EPILOG = """examples:
 ENSEMBLE_EPILOG = """examples:
   digitlab ensemble runs/best/best-seed0 runs/best/best-seed1 runs/best/best-seed2 --tta
   digitlab ensemble runs/a runs/b --json
+  digitlab ensemble runs/a runs/b runs/c --plot mistakes.png   # look at what the ensemble gets wrong
 """
 
 
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("runs", nargs="+", help="run directories or checkpoints")
     e.add_argument("--tta", action="store_true", help="also average over small test-time shifts")
     e.add_argument("--split", default="test", choices=["test", "train"])
+    e.add_argument("--plot", metavar="PNG", help="write a grid of the ensemble's mistakes to this new file")
     e.add_argument("--json", action="store_true")
     add_data_args(e)
     e.set_defaults(handler=run_ensemble_cmd)
@@ -78,7 +80,7 @@ def run_ensemble_cmd(args: argparse.Namespace) -> int:
     from digitlab.bench.ensemble import ensemble_runs
 
     result = ensemble_runs(args.runs, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-                           tta=args.tta)
+                           tta=args.tta, plot=args.plot)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -89,4 +91,6 @@ def run_ensemble_cmd(args: argparse.Namespace) -> int:
     e = result["errors"]
     print(f"mistakes on {result['n']} images: ensemble {e['ensemble_wrong']}, every member {e['all_members_wrong']}, "
           f"most members {e['majority_wrong']}, any member {e['any_member_wrong']}")
+    if result.get("plot"):
+        print(f"mistakes plotted in {result['plot']}")
     return 0

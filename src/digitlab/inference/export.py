@@ -34,6 +34,7 @@ import torch
 from digitlab.errors import CheckpointError, ConfigError, RunExistsError
 from digitlab.inference.predictor import ONNX_META_KEY, softmax
 from digitlab.train.checkpoint import checkpoint_file, load_checkpoint
+from digitlab.utils import exists_message, write_new_bytes_atomic
 
 __all__ = ["benchmark_inference", "default_onnx_path", "export_onnx", "int8_path"]
 
@@ -115,30 +116,6 @@ def _set_metadata(proto, meta: dict[str, Any]) -> None:
     entry.key = ONNX_META_KEY
     entry.value = json.dumps(meta)
     proto.doc_string = f"digitlab {meta.get('model')}: N×1×28×28 float pixels in [0,1] -> N×10 logits"
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file atomically; refuse if ``path`` exists (even if created meanwhile)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        try:
-            os.link(tmp, path)  # atomic and no-clobber
-        except FileExistsError:
-            raise RunExistsError(_exists_msg(path)) from None
-        except OSError:  # filesystem without hard links
-            if path.exists():
-                raise RunExistsError(_exists_msg(path)) from None
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _exists_msg(path: Path) -> str:
-    return f"{path} already exists; choose another --out or delete it first"
 
 
 def _session(path_or_bytes: Path | bytes, threads: int | None = None):
@@ -246,7 +223,7 @@ def export_onnx(
     targets = [out] + ([int8_path(out)] if quantize else [])
     for t in targets:  # fail before doing any work
         if t.exists():
-            raise RunExistsError(_exists_msg(t))
+            raise RunExistsError(exists_message(t))
 
     model, meta = load_checkpoint(ckpt, device="cpu")
     proto, used, fallback = _export_proto(model, opset, exporter)
@@ -316,11 +293,11 @@ def export_onnx(
             "max_abs_prob_diff": q_cmp["max_abs_prob_diff"],
         }
 
-    _write_new(out, fp32_bytes)
+    write_new_bytes_atomic(out, fp32_bytes)
     report["onnx"] = {"path": str(out), "bytes": len(fp32_bytes)}
     if int8_bytes is not None:
         try:
-            _write_new(targets[1], int8_bytes)
+            write_new_bytes_atomic(targets[1], int8_bytes)
         except BaseException:
             out.unlink()  # all or nothing
             raise
