@@ -74,10 +74,20 @@ def ensemble_mistakes(member_predictions: list[torch.Tensor], ensemble_probs: to
             for i in torch.nonzero(prediction != labels).flatten().tolist()]
 
 
+#: At most this many mistakes are drawn (15 rows of 8); the JSON lists them all.
+MAX_PLOTTED_MISTAKES = 120
+
+
 def mistakes_png(images_u8: torch.Tensor, mistakes: list[dict], n_members: int, title: str) -> bytes:
-    """Grid of the ensemble's mistakes: ``true→pred (confidence)`` and how many members agreed."""
+    """Grid of the ensemble's mistakes: ``true→pred (confidence)`` and how many members agreed.
+
+    Draws the first :data:`MAX_PLOTTED_MISTAKES` and says so in the title when there are more.
+    """
     from digitlab.analysis.plots import misclassified_grid_png
 
+    if len(mistakes) > MAX_PLOTTED_MISTAKES:
+        title += f"; the first {MAX_PLOTTED_MISTAKES} of {len(mistakes)} shown"
+        mistakes = mistakes[:MAX_PLOTTED_MISTAKES]
     idx = torch.tensor([m["index"] for m in mistakes], dtype=torch.long)
     return misclassified_grid_png(
         images_u8[idx],
