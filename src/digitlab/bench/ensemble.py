@@ -133,7 +133,7 @@ def ensemble_runs(sources: list[str], dataset: str = "mnist", data_dir: str | No
     result["tta_accuracy"] = (float((total_tta.argmax(1) == labels).float().mean())
                               if total_tta is not None else None)
     if plot is not None:
-        title = (f"Ensemble of {len(members)}: {len(result['mistakes'])} mistakes on {result['n']} {split} images "
+        title = (f"Ensemble of {len(members)}: {len(result['mistakes'])} mistakes on {result['n']:,} {split} images "
                  "(true→predicted, confidence; members also wrong)")
         write_new_bytes_atomic(plot, mistakes_png(images, result["mistakes"], len(members), title))
         result["plot"] = str(plot)
