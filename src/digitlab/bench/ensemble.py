@@ -125,10 +125,11 @@ def ensemble_runs(sources: list[str], dataset: str = "mnist", data_dir: str | No
             p_tta = predict_proba(model, images, tta=True, unshifted=probs)
             members[-1]["tta_accuracy"] = float((p_tta.argmax(1) == labels).float().mean())
             total_tta = p_tta if total_tta is None else total_tta + p_tta
+    prediction = total.argmax(1)
     result = {"split": split, "n": int(labels.numel()), "members": members,
-              "accuracy": float((total.argmax(1) == labels).float().mean()),
+              "accuracy": float((prediction == labels).float().mean()),
               "member_accuracy_mean": sum(m["accuracy"] for m in members) / len(members),
-              "errors": error_overlap(predictions, total.argmax(1), labels),
+              "errors": error_overlap(predictions, prediction, labels),
               "mistakes": ensemble_mistakes(predictions, total / len(members), labels)}
     result["tta_accuracy"] = (float((total_tta.argmax(1) == labels).float().mean())
                               if total_tta is not None else None)
