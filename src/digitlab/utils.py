@@ -67,6 +67,14 @@ def write_new_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
             os.unlink(tmp)
 
 
+def refuse_existing(path: str | os.PathLike[str]) -> None:
+    """Raise ``RunExistsError`` if an output file is already there (checked before any work is done)."""
+    if Path(path).exists():
+        from digitlab.errors import RunExistsError
+
+        raise RunExistsError(exists_message(path))
+
+
 def exists_message(path: str | os.PathLike[str], what: str | None = None) -> str:
     """The one-line error for an output that already exists."""
     return f"{what + ' ' if what else ''}{path} already exists; choose another --out or delete it first"

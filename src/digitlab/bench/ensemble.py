@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from digitlab.data.batches import to_float
@@ -45,6 +43,11 @@ def predict_proba(model: torch.nn.Module, images_u8: torch.Tensor, tta: bool = F
     return total / len(TTA_SHIFTS)
 
 
+def members_wrong(member_predictions: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """``members × images`` boolean matrix: which member gets which image wrong."""
+    return torch.stack([p != labels for p in member_predictions])
+
+
 def error_overlap(member_predictions: list[torch.Tensor], ensemble_prediction: torch.Tensor,
                   labels: torch.Tensor) -> dict[str, int]:
     """How much the members' mistakes coincide: an ensemble can only fix what some member gets right.
@@ -53,7 +56,7 @@ def error_overlap(member_predictions: list[torch.Tensor], ensemble_prediction: t
     members can fix them), that at least one gets wrong, that most get wrong,
     and that the ensemble gets wrong.
     """
-    wrong = torch.stack([p != labels for p in member_predictions])
+    wrong = members_wrong(member_predictions, labels)
     return {"all_members_wrong": int(wrong.all(0).sum()), "any_member_wrong": int(wrong.any(0).sum()),
             "majority_wrong": int((2 * wrong.sum(0) > len(member_predictions)).sum()),
             "ensemble_wrong": int((ensemble_prediction != labels).sum())}
@@ -68,9 +71,9 @@ def ensemble_mistakes(member_predictions: list[torch.Tensor], ensemble_probs: to
     ``members_wrong`` (out of ``len(member_predictions)``).
     """
     confidence, prediction = ensemble_probs.max(1)
-    members_wrong = torch.stack([p != labels for p in member_predictions]).sum(0)
+    n_wrong = members_wrong(member_predictions, labels).sum(0)
     return [{"index": i, "label": int(labels[i]), "prediction": int(prediction[i]),
-             "confidence": float(confidence[i]), "members_wrong": int(members_wrong[i])}
+             "confidence": float(confidence[i]), "members_wrong": int(n_wrong[i])}
             for i in torch.nonzero(prediction != labels).flatten().tolist()]
 
 
@@ -105,12 +108,10 @@ def ensemble_runs(sources: list[str], dataset: str = "mnist", data_dir: str | No
     """
     from digitlab.data import load_dataset
     from digitlab.train.checkpoint import load_checkpoint
-    from digitlab.utils import exists_message, write_new_bytes_atomic
+    from digitlab.utils import refuse_existing, write_new_bytes_atomic
 
-    if plot is not None and Path(plot).exists():  # fail before minutes of inference, not after
-        from digitlab.errors import RunExistsError
-
-        raise RunExistsError(exists_message(plot))
+    if plot is not None:
+        refuse_existing(plot)  # fail before minutes of inference, not after
     ds = load_dataset(dataset, data_dir, progress=False)
     images, labels = ds.split(split)
     members, predictions, total, total_tta = [], [], None, None

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from digitlab.errors import CheckpointError, ConfigError, RunExistsError
+from digitlab.errors import CheckpointError, ConfigError
 from digitlab.inference.predictor import ONNX_META_KEY, softmax
 from digitlab.train.checkpoint import checkpoint_file, load_checkpoint
-from digitlab.utils import exists_message, write_new_bytes_atomic
+from digitlab.utils import refuse_existing, write_new_bytes_atomic
 
 __all__ = ["benchmark_inference", "default_onnx_path", "export_onnx", "int8_path"]
 
@@ -222,8 +222,7 @@ def export_onnx(
         raise ConfigError(f"--out {out}: the file name must end in .onnx")
     targets = [out] + ([int8_path(out)] if quantize else [])
     for t in targets:  # fail before doing any work
-        if t.exists():
-            raise RunExistsError(exists_message(t))
+        refuse_existing(t)
 
     model, meta = load_checkpoint(ckpt, device="cpu")
     proto, used, fallback = _export_proto(model, opset, exporter)
