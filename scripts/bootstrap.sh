@@ -4,14 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Chromium + ChromeDriver for the draw-a-digit browser test.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+# Debian packages: Chromium + ChromeDriver for the draw-a-digit browser test, and Fashion-MNIST
+# (installed under /usr/share/datasets/fashion-mnist/, where digitlab's resolver looks).
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need+=(dataset-fashion-mnist)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq chromium chromium-driver >/dev/null
+    apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "bootstrap: chromium/chromedriver missing (install Debian packages chromium chromium-driver)" >&2
+    echo "bootstrap: missing Debian packages: ${need[*]} (install them as root)" >&2
   fi
 fi
 
@@ -23,6 +28,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
   # The CPU build first: a bare `torch` requirement would pull a multi-GB CUDA build.
   .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -c constraints.txt -e ".[test]"
+  .venv/bin/pip install -q -c constraints.txt -e ".[all,test]"
   echo "$want" > "$stamp"
 fi

@@ -3,7 +3,10 @@
 
 Usage (from the repository root):
 
-    DIGITLAB_DATA_DIR=../shared/data/mnist python scripts/measure_data.py [--repeats 5] [--json]
+    DIGITLAB_DATA_DIR=../shared/data/mnist python scripts/measure_data.py [--repeats 5] [--json] [--out FILE]
+
+``--out results/data_loading.json`` writes the numbers (with the machine they were measured on)
+for scripts/update_readme.py.
 
 The cache is a fresh temporary folder, so the numbers do not depend on (or touch)
 your own cache. Each timing is the median over ``--repeats`` runs (min and max too).
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    parser.add_argument("--out", default=None, metavar="FILE", help="also write the JSON to this file")
     args = parser.parse_args(argv)
 
     tmp_cache = tempfile.TemporaryDirectory(prefix="digitlab-measure-")
@@ -50,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         return load_dataset(args.dataset, data_dir=args.data_dir, download=False, progress=False, **kw)
 
     load(use_cache=False)  # warm the OS page cache for the source files and import paths
-    results: dict[str, object] = {"dataset": args.dataset, "torch_threads": torch.get_num_threads()}
+    from digitlab.bench import machine_info
+
+    results: dict[str, object] = {"dataset": args.dataset, "torch_threads": torch.get_num_threads(),
+                                  "repeats": args.repeats, "machine": machine_info()}
     # full parse: read .gz, gunzip, SHA-256 of the content, validate, make tensors
     results["parse_from_gz"] = _timed(lambda: load(use_cache=False), args.repeats)
     t0 = time.perf_counter()
@@ -89,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     results["augment_batch_size"] = bs
     tmp_cache.cleanup()
 
+    if args.out:
+        from digitlab.utils import write_json_atomic
+
+        write_json_atomic(args.out, results)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -13,6 +13,9 @@ def _isolated_cache_dir(tmp_path_factory: pytest.TempPathFactory):
     """Point ``DIGITLAB_CACHE_DIR`` at a temp folder so tests never read or write the user's cache."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("digitlab-cache")))
+        data_dir = os.environ.get("DIGITLAB_DATA_DIR")
+        if data_dir:  # absolute, so tests that change the working directory still find the data
+            mp.setenv("DIGITLAB_DATA_DIR", str(Path(data_dir).expanduser().resolve()))
         yield
 
 
@@ -52,3 +55,18 @@ def predictor(run_dir: Path):
     from digitlab.inference import load_predictor
 
     return load_predictor(run_dir)
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """The Fashion-MNIST dataset (Debian's dataset-fashion-mnist, or $DIGITLAB_DATA_DIR/fashion-mnist).
+
+    Skipped, with the reason, only when its files are not installed; never downloaded by a test.
+    """
+    from digitlab.data import load_dataset
+    from digitlab.errors import DataError
+
+    try:
+        return load_dataset("fashion-mnist", download=False, progress=False)
+    except DataError as exc:
+        pytest.skip(f"Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): {exc}")

@@ -7,33 +7,21 @@ dataset comes from conftest's session ``mnist`` fixture.
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from digitlab.checkpoint import build_meta, save_run_checkpoint
 from digitlab.data import to_float
+from digitlab.data.pictures import user_picture
 from digitlab.models import create_model
-from digitlab.train.checkpoint import build_meta, save_run_checkpoint
+from digitlab.utils import torch_threads
 
 TRAIN_STEPS = 150
 BATCH = 64
-
-
-@contextlib.contextmanager
-def torch_threads(n: int = 1) -> Iterator[None]:
-    """Run with ``n`` intra-op threads: on a shared 2-core machine more threads than free cores
-    make torch spin and run many times slower (measured 8× for this training loop)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def train_cnn(ds, steps: int = 100, seed: int = 0, lr: float = 1e-3, batch: int = 64) -> torch.nn.Module:
@@ -117,22 +105,5 @@ def save_image(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def render_real_world(digit: np.ndarray, kind: int, rng: np.random.Generator) -> bytes:
-    """Dark ink on white, upscaled to 100-300 px, off-centre on a larger canvas, saved in one of 6 styles."""
-    s = int(rng.integers(100, 301))
-    big = Image.fromarray(255 - digit).resize((s, s), Image.Resampling.BICUBIC)
-    w, h = s + int(rng.integers(20, 200)), s + int(rng.integers(20, 200))
-    canvas = Image.new("L", (w, h), 255)
-    canvas.paste(big, (int(rng.integers(0, w - s)), int(rng.integers(0, h - s))))
-    if kind == 0:
-        return save_image(canvas.convert("RGB"), "PNG")
-    if kind == 1:
-        return save_image(canvas.convert("RGB"), "JPEG", quality=80)
-    if kind == 2:  # black strokes on a transparent layer whose colour channels are black too
-        rgba = np.zeros((h, w, 4), np.uint8)
-        rgba[..., 3] = 255 - np.asarray(canvas)
-        return save_image(Image.fromarray(rgba, "RGBA"), "PNG")
-    if kind == 3:
-        return save_image(canvas.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=32), "PNG")
-    if kind == 4:
-        return save_image(canvas, "PNG")
-    return save_image(canvas.convert("RGB"), "WEBP", quality=80)
+    """Dark ink on white, upscaled to 100-300 px, off-centre on a larger canvas, saved in style ``kind`` (0-5)."""
+    return user_picture(digit, rng, kind=kind)

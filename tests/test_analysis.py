@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from digitlab.analysis import errors as E
+from digitlab.analysis import mistakes as E
 from digitlab.analysis import plots as P
 from digitlab.analysis import robustness as R
 from digitlab.analysis import sensitivity as SE
+from digitlab.data.augment import shift_images
 from digitlab.evaluate import predict_logits
 from inference_support import train_cnn
 
@@ -197,12 +198,15 @@ def test_integrated_gradients_completeness_on_cnn(model, subset):
 def test_geometric_transforms_are_exact():
     x = torch.zeros(1, 1, 28, 28)
     x[0, 0, 10, 20] = 1.0
-    shifted = R.shift(x, 2, -3)  # 2 right, 3 up
+    shifted = shift_images(x, 2, -3)  # 2 right, 3 up
     assert shifted[0, 0, 7, 22] == pytest.approx(1.0, abs=1e-6) and shifted.sum() == pytest.approx(1.0)
     img = torch.rand(3, 1, 28, 28)
     rolled = torch.roll(img, 1, dims=3)
     rolled[..., 0] = 0.0
-    torch.testing.assert_close(R.shift(img, 1, 0), rolled, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shift_images(img, 1, 0), rolled, atol=1e-5, rtol=0)
+    half = shift_images(x, 0.5, 0)  # fractional: bilinear, the mass splits between two columns
+    assert half[0, 0, 10, 20:22].tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+    assert half.sum() == pytest.approx(1.0, abs=1e-6)
     torch.testing.assert_close(R.rotate(img, 0), img)
     # 90° counter-clockwise: pixel right of centre (row 13.5, col 20) moves above centre
     y = torch.zeros(1, 1, 28, 28)
@@ -292,3 +296,23 @@ def test_all_plots_render_png():
     for fig in figures:
         _check_png(fig)
     assert P.pareto_front([1e5, 1e4, 2e5], [0.99, 0.98, 0.97]) == [1, 0]
+
+
+def test_fig_to_png_is_the_one_figure_writer():
+    import matplotlib.pyplot as plt
+
+    from digitlab.analysis import explore as ex
+
+    assert ex.fig_to_png is P.fig_to_png  # explore saves through the same helper
+    fig, ax = P.pyplot().subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, 1])
+    number = fig.number
+    data = P.fig_to_png(fig)
+    _check_png(data, min_size=100)
+    assert number not in plt.get_fignums()  # closed
+    img = Image.open(io.BytesIO(data))
+    # tight bounding box at DPI: never larger than the 3×2-inch canvas at that resolution
+    assert img.size[0] <= 3 * P.DPI + 2 and img.size[1] <= 2 * P.DPI + 2
+    assert img.size[0] > 2 * P.DPI  # ...and rendered at DPI, not matplotlib's default 100
+    dpi = img.info.get("dpi")
+    assert dpi is not None and round(dpi[0]) == P.DPI

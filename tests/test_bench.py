@@ -25,9 +25,9 @@ def test_bench_fast_vs_plain_one_seed(capsys):
     """The `fast` recipe reaches 99% in its single epoch; the JSON has the promised shape."""
     from digitlab.cli import main
 
-    assert main(["bench", "fast", "--vs", "plain", "--seeds", "1", "--json"]) == 0
+    assert main(["bench", "fast", "--vs", "plain", "--seeds", "1", "--seed", "0", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["recipe"] == "fast" and out["vs"]["recipe"] == "plain"
+    assert out["recipe"] == "fast" and out["vs"]["recipe"] == "plain" and out["dataset"] == "mnist"
     run = out["runs"][0]
     assert set(run) >= {"seed", "test_accuracy", "train_seconds", "total_seconds"}
     assert run["test_accuracy"] >= 0.99, run
@@ -63,8 +63,10 @@ def test_ensemble_averages_member_probabilities(mnist, tmp_path, capsys):
     for seed in (0, 1):
         cfg = TrainConfig(model="mlp-basic-128", epochs=1, max_steps=40, seed=seed, tensorboard=False)
         runs.append(str(train_run(cfg, tmp_path / f"r{seed}", progress=False, dataset=small).run_dir))
-    plot = tmp_path / "mistakes.png"
-    result = ensemble_runs(runs, data_dir=str(mnist.source), tta=True, plot=str(plot))
+    plots = tmp_path / "figures"
+    plot = plots / "mistakes.png"
+    result = ensemble_runs(runs, data_dir=str(mnist.source), tta=True, plots=str(plots))
+    assert result["dataset"] == "mnist"
     probs = sum(predict_proba(load_checkpoint(r)[0], mnist.test_images) for r in runs)
     expected = float((probs.argmax(1) == mnist.test_labels).float().mean())
     assert result["accuracy"] == pytest.approx(expected)
@@ -78,14 +80,37 @@ def test_ensemble_averages_member_probabilities(mnist, tmp_path, capsys):
     wrong = torch.nonzero(probs.argmax(1) != mnist.test_labels).flatten().tolist()
     assert [m["index"] for m in result["mistakes"]] == wrong
     assert plot.read_bytes().startswith(b"\x89PNG") and result["plot"] == str(plot)
+    assert result["plots"] == str(plots)
 
-    # an existing plot is never overwritten: a one-line error and exit status 2
+    # an existing plots folder is never overwritten: a one-line error and exit status 2
     from digitlab.cli import main
 
     before = plot.read_bytes()
-    assert main(["ensemble", *runs, "--data-dir", str(mnist.source), "--plot", str(plot)]) == 2
+    assert main(["ensemble", *runs, "--data-dir", str(mnist.source), "--plots", str(plots)]) == 2
     assert plot.read_bytes() == before
     assert "already exists" in capsys.readouterr().err
+    # "default" is accepted as a member (same dataset as these MNIST runs)
+    assert main(["ensemble", "default", runs[0], "--data-dir", str(mnist.source), "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert [m["source"] for m in both["members"]] == ["default", runs[0]] and both["dataset"] == "mnist"
+
+
+def test_bench_options_follow_the_common_vocabulary(capsys, tmp_path):
+    from digitlab.cli import main
+
+    if not torch.cuda.is_available():  # a usage error before any work: no run directory left behind
+        assert main(["bench", "fast", "--device", "cuda", "--out", str(tmp_path / "b")]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+    with pytest.raises(SystemExit):
+        main(["bench", "fast", "--first-seed", "1"])
+    capsys.readouterr()
+    assert main(["bench", "fast", "--seeds", "0"]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ensemble", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--plots DIR" in help_text and "--device" in help_text and "--plot PNG" not in help_text
 
 
 def test_ensemble_mistakes_count_members_that_were_wrong_too():

@@ -8,10 +8,12 @@ not a skip: CI must exercise the page.
 from __future__ import annotations
 
 import base64
+import contextlib
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,14 +28,13 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-@pytest.fixture(scope="module")
-def server(run_dir):
-    """uvicorn serving the app on 127.0.0.1 on a free port, in a thread of this process."""
+@contextlib.contextmanager
+def _serving(app) -> Iterator[str]:
+    """uvicorn serving ``app`` on 127.0.0.1 on a free port, in a thread of this process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(load_predictor(run_dir)), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -42,9 +43,17 @@ def server(run_dir):
         if not thread.is_alive() or time.monotonic() > deadline:
             pytest.fail("uvicorn did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    with _serving(create_app(load_predictor(run_dir))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +80,10 @@ def browser(tmp_path_factory):
     shutil.rmtree(opts.arguments[-1].split("=", 1)[1], ignore_errors=True)
 
 
-def _open(browser, server):
+def _open(browser, server, fragment: str = ""):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(server + "/")
+    browser.get(server + "/" + fragment)
     WebDriverWait(browser, 15, poll_frequency=0.05).until(lambda d: d.execute_script(
         "return !!window.digitlab && document.querySelectorAll('#bars li').length === 10"))
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]  # JS errors, 404s
@@ -179,3 +188,15 @@ def test_page_survives_api_errors(browser, server):
     _open(browser, server)
     _stroke(browser, [(140, 60), (140, 220)])
     assert _wait_for_prediction(browser)["label"] == 1
+
+
+def test_page_sends_the_api_token_from_its_url_fragment(browser, predictor):
+    """A server with --token: the page opened as /#token=TOKEN works; the API without it is 401."""
+    app = create_app(predictor, api_token="tok-123", allowed_hosts=["127.0.0.1"])
+    with _serving(app) as url:
+        assert httpx.post(url + "/api/predict", json={"pixels": [[0] * 28] * 28}).status_code == 401
+        _open(browser, url, "#token=tok-123")
+        _stroke(browser, [(140, 50), (140, 230)])
+        shown = _wait_for_prediction(browser)
+        assert shown["label"] == 1 and shown["text"] == "1", shown
+        assert "cnn-simple" in browser.find_element("id", "model-name").text  # /api/models with the token

@@ -200,6 +200,82 @@ def test_hostile_header_shape_does_not_overflow(tmp_path: Path) -> None:
         read_idx(path)
 
 
+def _gzip_of_zeros(head: bytes, zeros: int) -> bytes:
+    """A gzip stream of ``head`` followed by ``zeros`` zero bytes, compressed piecewise (~1 kB per MB)."""
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [c.compress(head)]
+    block = bytes(1 << 20)
+    for _ in range(zeros >> 20):
+        parts.append(c.compress(block))
+    parts.append(c.compress(bytes(zeros & ((1 << 20) - 1))))
+    parts.append(c.flush())
+    return b"".join(parts)
+
+
+def test_gzip_bomb_stops_at_the_header_size(tmp_path: Path) -> None:
+    import tracemalloc
+
+    # issue 15: a small .gz whose header declares 10 labels but that inflates to 300 MB
+    bomb = _gzip_of_zeros(_idx(0x08, (10,), b""), 300 << 20)
+    assert len(bomb) < 1 << 20  # under a megabyte on disk
+    path = tmp_path / "bomb-labels.idx.gz"
+    path.write_bytes(bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="decompresses beyond the 18 bytes its IDX header declares"):
+            read_idx(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB while refusing the bomb"  # one chunk, not 300 MB
+
+
+def test_downloaded_gzip_bomb_is_rejected_without_inflating() -> None:
+    # a hostile mirror serving a bomb in place of train-labels: checked with the same bounded inflate
+    fspec = MNIST.files["train_labels"]
+    bomb = _gzip_of_zeros(_idx(0x08, (60000,), b""), 200 << 20)
+    assert resolve_mod.verify_bytes(fspec, bomb) is False
+    real = encode_idx(np.zeros(3, np.uint8))
+    assert resolve_mod.verify_bytes(FileSpec(fspec.filename, hashlib.sha256(real).hexdigest(), len(real)),
+                                    gzip.compress(real)) is True
+
+
+def test_gzip_idx_size_caps(tmp_path: Path) -> None:
+    # a header declaring more than the hard cap is refused before its payload is inflated
+    huge = tmp_path / "huge.idx.gz"
+    huge.write_bytes(gzip.compress(_idx(0x08, (60000, 28, 28), bytes(1000))))
+    with pytest.raises(DataError, match="declares 47040016 bytes, more than the 1000000-byte limit"):
+        read_idx(huge, max_bytes=1_000_000)
+    # without an IDX header to go by, the hard cap bounds the stream itself
+    headerless = tmp_path / "x.idx.gz"
+    headerless.write_bytes(gzip.compress(bytes(3)))  # shorter than a header: parse_idx says why
+    with pytest.raises(DataError, match="too short"):
+        read_idx(headerless)
+    # a well-formed file exactly at its declared size still reads, also as two gzip members
+    arr = np.arange(30, dtype=np.uint8).reshape(3, 10)
+    raw = encode_idx(arr)
+    two = tmp_path / "two.idx.gz"
+    two.write_bytes(gzip.compress(raw[:20]) + gzip.compress(raw[20:]) + b"\x00" * 8)
+    np.testing.assert_array_equal(read_idx(two).array, arr)
+    two.write_bytes(gzip.compress(raw) + b"junk")
+    with pytest.raises(DataError, match="trailing bytes"):
+        read_idx(two)
+    # an uncompressed file larger than the cap is refused before it is read
+    big = tmp_path / "big.idx"
+    big.write_bytes(raw)
+    with pytest.raises(DataError, match="more than the 40-byte limit"):
+        read_idx(big, max_bytes=40)
+
+
+def test_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "labels.idx"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        read_idx(fifo)
+
+
 def _load_dir(folder: Path):
     return load_dataset("mnist", data_dir=folder, download=False, progress=False, verify=False,
                         use_cache=False)
@@ -779,6 +855,9 @@ def test_cli_data_info_text(capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["data", "info"]) == 0
     out = capsys.readouterr().out
     assert "train: 60000 images" in out and "test: 10000 images" in out
+    assert cli_main(["data", "info", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == out and captured.err == ""
 
 
 def test_cli_data_verify_mnist(mnist_dir: Path, capsys: pytest.CaptureFixture) -> None:

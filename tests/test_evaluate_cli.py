@@ -29,7 +29,7 @@ def ds(mnist):
 @pytest.fixture(scope="module")
 def run_dir(ds, tmp_path_factory):
     """A run directory with cnn-simple after 100 Adam steps (the real checkpoint format)."""
-    from digitlab.train.checkpoint import build_meta, save_run_checkpoint
+    from digitlab.checkpoint import build_meta, save_run_checkpoint
 
     model = train_cnn(ds)
     path = tmp_path_factory.mktemp("run")
@@ -46,9 +46,11 @@ EXPECTED_KEYS = {
 
 
 def test_evaluate_run_matches_direct_computation(run_dir, ds):
-    from digitlab.train.checkpoint import load_checkpoint
+    from digitlab.checkpoint import load_checkpoint
 
-    res = evaluate_run(run_dir, split="test", limit=LIMIT, speed_repeats=3, batch_size=256)
+    evaluation = evaluate_run(run_dir, split="test", limit=LIMIT, speed_repeats=3, batch_size=256)
+    assert evaluation.quality.accuracy == evaluation.accuracy  # typed fields...
+    res = evaluation.to_dict()  # ...and the JSON view with the same numbers
     assert EXPECTED_KEYS | {"model", "model_kwargs", "checkpoint", "dataset", "split"} == set(res)
     assert res["model"] == "cnn-simple" and res["dataset"] == "mnist" and res["n"] == LIMIT
     json.dumps(res, allow_nan=False)  # strictly JSON-able
@@ -73,14 +75,14 @@ def test_evaluate_run_matches_direct_computation(run_dir, ds):
 
 
 def test_evaluate_model_without_speed_and_train_split(run_dir, ds):
-    from digitlab.train.checkpoint import load_checkpoint
+    from digitlab.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(run_dir)
-    res = evaluate_model(model, ds.train_images[:500], ds.train_labels[:500], speed=False)
+    res = evaluate_model(model, ds.train_images[:500], ds.train_labels[:500], speed=False).to_dict()
     assert res["latency_ms_p50"] is None and res["throughput_per_s"] is None and res["speed"] is None
     assert res["checkpoint_bytes"] is None and res["class_names"] == [str(i) for i in range(10)]
     train = evaluate_run(run_dir, split="train", limit=500, speed=False)
-    assert train["split"] == "train" and train["accuracy"] == pytest.approx(res["accuracy"])
+    assert train.split == "train" and train.accuracy == pytest.approx(res["accuracy"])
 
 
 def test_evaluate_logits_on_random_model_is_chance_level():
@@ -107,6 +109,20 @@ def test_cli_json(run_dir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert {"accuracy", "loss"} <= set(out)
     assert out["n"] == LIMIT and out["latency_ms_p50"] is None and out["accuracy"] > 0.8
+
+
+def test_cli_model_positional_or_option_and_default(run_dir, capsys):
+    args = ["--json", "--no-speed", "--limit", "200"]
+    assert main(["evaluate", "--model", str(run_dir), *args]) == 0
+    by_option = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(run_dir), *args]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == by_option["accuracy"]
+    assert main(["evaluate", str(run_dir), "--model", "default", *args]) == 2  # two different models
+    assert "given twice" in capsys.readouterr().err
+    # the shipped model, on its own dataset
+    assert main(["evaluate", "default", *args]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dataset"] == "mnist" and out["accuracy"] > 0.98 and out["n"] == 200
 
 
 def test_cli_text_summary(run_dir, capsys):

@@ -13,6 +13,7 @@ from scipy import stats as sps
 
 from digitlab.analysis import explore as ex
 from digitlab.cli import main as cli_main
+from digitlab.data import pixel_stats as ps
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -103,10 +104,10 @@ def test_f_test_matches_sklearn_and_top_pixels(stats: dict, train) -> None:
     ours = np.array(stats["f_test"]["scores"], dtype=np.float64).ravel()  # None → NaN
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(f_ref))
     np.testing.assert_allclose(ours, f_ref, rtol=1e-9, atol=5.1e-5, equal_nan=True)  # JSON: 4 decimals
-    full, _ = ex.f_classif(x, y)  # unrounded, straight from the uint8 images
+    full, _ = ps.f_classif(x, y)  # unrounded, straight from the uint8 images
     np.testing.assert_allclose(full, f_ref, rtol=1e-9, equal_nan=True)
     ft = stats["f_test"]
-    assert ft["top_k"] == 196 and ft["pixels_scored"] == 717
+    assert ft["pixels"] == 196 and ft["pixels_scored"] == 717
     # the notebook: SelectKBest(f_classif, k=196) fitted on the non-constant pixels
     keep = np.flatnonzero(~np.isnan(f_ref))
     top_ref = keep[np.argsort(-f_ref[keep], kind="stable")[:196]]
@@ -123,22 +124,45 @@ def test_f_classif_vectorised_matches_sklearn() -> None:
     y = rng.integers(0, 4, 500)
     x = rng.standard_normal((500, 30)) + y[:, None] * np.linspace(0, 1, 30)  # informative features
     x[:, 3] = 2.5  # a constant feature → NaN in both
-    f, p = ex.f_classif(x, y)
+    f, p = ps.f_classif(x, y)
     f_ref, p_ref = _sk_f_classif(x, y)
     np.testing.assert_allclose(f, f_ref, rtol=1e-9, equal_nan=True)
     np.testing.assert_allclose(p, p_ref, rtol=1e-6, atol=1e-300, equal_nan=True)
     # integer images with string-like labels
     xi = rng.integers(0, 256, (300, 49), dtype=np.uint8)
     labels = np.array(["a", "b", "c"])[rng.integers(0, 3, 300)]
-    np.testing.assert_allclose(ex.f_classif(xi, labels)[0], _sk_f_classif(xi.astype(float), labels)[0],
+    np.testing.assert_allclose(ps.f_classif(xi, labels)[0], _sk_f_classif(xi.astype(float), labels)[0],
                                rtol=1e-9)
+
+
+def test_f_classif_refuses_undefined_cases() -> None:
+    from digitlab.errors import DataError
+
+    x = np.arange(12, dtype=np.uint8).reshape(6, 2)
+    with pytest.raises(DataError, match="at least 2 classes"):
+        ps.f_classif(x, np.zeros(6, dtype=int))  # one class: F undefined
+    with pytest.raises(DataError, match="6 samples but 5 labels"):
+        ps.f_classif(x, np.arange(5))
+    with pytest.raises(DataError, match="labels must be in"):
+        ps.class_sums(x, np.array([0, 1, 2, 0, 1, 3]), 3)
+
+
+def test_mlp_selection_uses_the_one_f_test(train) -> None:
+    import torch
+
+    from digitlab.models.mlp import f_classif_scores
+
+    x, y = train
+    x, y = x[:3000], y[:3000]
+    mine = f_classif_scores(torch.from_numpy(x.reshape(-1, 28, 28)), torch.from_numpy(y)).numpy()
+    np.testing.assert_array_equal(mine, ps.f_classif(x, y)[0])  # bit-identical: the same code
 
 
 def test_class_sums_float_and_int() -> None:
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 100)
     for x in (rng.standard_normal((100, 4, 5)), rng.integers(0, 256, (100, 4, 5)).astype(np.uint8)):
-        cs = ex.class_sums(x, y, 4, chunk=7)  # class 3 has no samples
+        cs = ps.class_sums(x, y, 4, chunk=7)  # class 3 has no samples
         flat = x.reshape(100, -1).astype(np.float64)
         for c in range(3):
             np.testing.assert_allclose(cs.sums[c], flat[y == c].sum(0))
@@ -215,3 +239,19 @@ def test_cli_refuses_existing_dir_and_no_plots(tmp_path: Path, mnist_dir: Path, 
     assert cli_main(["explore", "--data-dir", str(tmp_path / "no-data"), "--out", str(missing)]) == 2
     assert not missing.exists()
     assert "files not found" in capsys.readouterr().err
+
+
+def test_cli_pixels_option_and_quiet(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "p50"
+    assert cli_main(["explore", "--data-dir", str(mnist_dir), "--out", str(out), "--no-plots", "--quiet",
+                     "--pixels", "50"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # --quiet: no progress bars
+    assert "top 50 kept" in captured.out
+    ft = json.loads((out / "explore.json").read_text())["f_test"]
+    assert ft["pixels"] == 50 and len(ft["top_pixel_indices"]) == 50
+    assert cli_main(["explore", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "z"), "--pixels", "0"]) == 2
+    assert "--pixels must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # the old name is gone: --top-k means likely classes elsewhere
+        cli_main(["explore", "--top-k", "5"])
+    assert exc.value.code == 2

@@ -224,14 +224,36 @@ def test_latency_and_throughput(small_model):
     assert thr["batch_size"] == 32 and thr["images_per_s"] > 0
     assert thr["images_per_s"] == pytest.approx(32 / thr["seconds_per_batch"])
     prof = S.speed_profile(small_model, images, repeats=3, warmup=1, batch_size=32, throughput_repeats=1)
-    assert prof["latency_ms_p50"] > 0 and prof["throughput_per_s"] > 0 and prof["device"] == "cpu"
+    assert prof.latency_ms_p50 > 0 and prof.throughput_per_s > 0 and prof.device == "cpu"
+    assert prof.latency_ms_low <= prof.latency_ms_p50 <= prof.latency_ms_high and prof.latency_repeats == 3
     assert S.predict_seconds(small_model, images, batch_size=16) > 0
     with pytest.raises(ValueError):
         S.latency(small_model, images[0], repeats=0)
 
 
+def test_speed_is_measured_in_interleaved_rounds(small_model, monkeypatch):
+    """Every round times every model in turn, so a burst of load hits all of them."""
+    images = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8)
+    order = []
+    real = S._timed_calls
+
+    def spy(model, x, repeats, warmup):
+        order.append((id(model), x.shape[0]))
+        return real(model, x, repeats, warmup)
+
+    monkeypatch.setattr(S, "_timed_calls", spy)
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    profiles = S.measure_speed({"a": small_model, "b": other}, images, repeats=6, rounds=3, warmup=1, batch_size=8)
+    assert set(profiles) == {"a", "b"} and profiles["a"].rounds == 3 and profiles["a"].latency_repeats == 6
+    timed = [mid for mid, n in order[4:] if n == 1]  # after the warm-up calls: batch-1 timings per round
+    assert timed == [id(small_model), id(other)] * 3
+    for p in profiles.values():
+        assert p.latency_ms_low <= p.latency_ms_p50 <= p.latency_ms_high
+        assert p.throughput_low <= p.throughput_per_s <= p.throughput_high and p.throughput_batch_size == 8
+
+
 def test_parameter_count_and_checkpoint_bytes(small_model, tmp_path):
-    from digitlab.train.checkpoint import build_meta, save_run_checkpoint
+    from digitlab.checkpoint import build_meta, save_run_checkpoint
 
     expected = sum(p.numel() for p in small_model.parameters())
     assert S.parameter_count(small_model) == expected == 93322

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from digitlab.checkpoint import build_meta, load_checkpoint, save_checkpoint
 from digitlab.cli import main
 from digitlab.data import to_float
 from digitlab.errors import ConfigError
@@ -23,7 +24,6 @@ from digitlab.models import count_parameters, create_model, list_models, model_i
 from digitlab.models._common import count_parameters_keras
 from digitlab.models.baselines import cross_validate_estimator
 from digitlab.models.mlp import f_classif_scores, select_pixels
-from digitlab.train.checkpoint import build_meta, load_checkpoint, save_checkpoint
 
 ALL_MODELS = list_models()
 GRADIENT_MODELS = [n for n in ALL_MODELS if model_info(n).uses_gradient]
@@ -294,6 +294,19 @@ def test_logreg_matches_sklearn(subset, mnist):
     assert model.fit_info_["converged"]
 
 
+@pytest.mark.parametrize("name", [n for n in ALL_MODELS if not model_info(n).uses_gradient])
+def test_baseline_probabilities_through_the_one_forward_pass(name, ready, mnist):
+    from digitlab.models.forward import predict_proba
+
+    model = ready(name).train()  # predict_proba switches to eval and back
+    images = mnist.test_images[:500]
+    batched = predict_proba(model, images, batch_size=128)
+    assert model.training and batched.shape == (500, 10) and batched.dtype == torch.float32
+    exact = model.predict_proba(to_float(images))  # the estimator's own float64 probabilities
+    torch.testing.assert_close(batched.double(), exact, atol=1e-4, rtol=0)
+    assert torch.equal(batched.argmax(1), exact.argmax(1))
+
+
 def test_unfitted_forest_refuses_to_predict(batch):
     with pytest.raises(RuntimeError, match="not fitted"):
         create_model("random-forest")(batch[0])
@@ -361,3 +374,263 @@ def test_cli_models_pattern_and_table(capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["NAME", "FAMILY", "PARAMS"]
     assert "1,013,098" in out and "mlp-" not in out
+
+
+def test_cli_models_summary_of_cnn_deep(capsys):
+    assert main(["models", "--summary", "cnn-deep", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    registry_total = count_parameters(create_model("cnn-deep"))
+    assert s["params"] == registry_total == 1_013_098  # the notebook's trainable count
+    assert s["params_keras"] == 1_015_530
+    assert sum(r["params"] for r in s["layers"]) == registry_total
+    assert s["input_shape"] == [1, 28, 28] and s["output_shape"] == [10]
+    first, last = s["layers"][0], s["layers"][-1]
+    assert (first["kind"], first["output_shape"], first["params"]) == ("Conv2d", [32, 28, 28], 3 * 3 * 32 + 32)
+    assert (last["kind"], last["output_shape"]) == ("Linear", [10])
+    assert all(r["output_shape"] is not None for r in s["layers"])  # every layer ran
+    assert main(["models", "--summary", "cnn-deep"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split() == ["LAYER", "TYPE", "OUTPUT", "PARAMS"]
+    assert "32×28×28" in out and "total parameters: 1,013,098" in out
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_summary_totals_match_the_catalog(name):
+    from digitlab.models.catalog import model_catalog, model_summary
+
+    s = model_summary(name)
+    row = model_catalog(name)[0]
+    assert (s.params, s.params_keras) == (row["params"], row["params_keras"])
+    if s.params is not None:
+        assert sum(r.params or 0 for r in s.layers) == s.params
+
+
+def test_cli_models_summary_unknown_model(capsys):
+    assert main(["models", "--summary", "no-such-net"]) == 2
+    assert "unknown model 'no-such-net'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- issue 16: fast forms, same maths
+# The speed rewrites (MaxPool2x2 for nn.MaxPool2d, in-place ReLUs, the residual blocks' in-place add,
+# lenet5's max pool) must compute what the textbook form computes. The references below are the
+# previous forms, written out with plain PyTorch layers; the same state dict loads into both (so the
+# keys are unchanged too) and outputs, gradients and BatchNorm statistics agree in float32.
+FP32_ATOL = 1e-5
+
+
+def _bn2d(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+def _bn1d(c: int) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(c, eps=1e-3, momentum=0.01)
+
+
+class _RefFeaturesHead(nn.Module):
+    def __init__(self, features: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.features, self.head = features, head
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _ref_gap_head(c: int) -> nn.Sequential:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(c, 10))
+
+
+class _RefResidual(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), _bn2d(cout), nn.ReLU(),
+                                  nn.Conv2d(cout, cout, 3, padding=1), _bn2d(cout))
+        self.shortcut = nn.Identity() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1), _bn2d(cout))
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class _RefSE(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(c, max(1, c // 16)), nn.ReLU(), nn.Linear(max(1, c // 16), c), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.fc(x.mean(dim=(2, 3)))[:, :, None, None]
+
+
+class _RefDenseLayer(nn.Module):
+    def __init__(self, cin: int, k: int = 12) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_bn2d(cin), nn.ReLU(), nn.Conv2d(cin, 4 * k, 1),
+                                  _bn2d(4 * k), nn.ReLU(), nn.Conv2d(4 * k, k, 3, padding=1))
+
+    def forward(self, x):
+        return torch.cat([x, self.body(x)], dim=1)
+
+
+def _ref_cnn_deep() -> nn.Module:
+    layers: list[nn.Module] = []
+    cin = 1
+    for w in (32, 64, 128):
+        layers += [nn.Conv2d(cin, w, 3, padding=1), _bn2d(w), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), _bn2d(w),
+                   nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25)]
+        cin = w
+    layers += [nn.Flatten(), nn.Linear(1152, 512), nn.ReLU(), _bn1d(512), nn.Dropout(0.5),
+               nn.Linear(512, 256), nn.ReLU(), _bn1d(256), nn.Dropout(0.5), nn.Linear(256, 10)]
+    return nn.Sequential(*layers)
+
+
+def _ref_cnn_enhanced() -> nn.Module:
+    features = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), _bn2d(32), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), _bn2d(64), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), _bn2d(128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Dropout(0.5))
+    head = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), _bn1d(128), nn.Dropout(0.5), nn.Linear(128, 10))
+    return _RefFeaturesHead(features, head)
+
+
+def _ref_resnet_mini() -> nn.Module:
+    layers: list[nn.Module] = [nn.Conv2d(1, 32, 3, padding=1), _bn2d(32), nn.ReLU()]
+    cin = 32
+    for i, w in enumerate((32, 64, 128)):
+        if i:
+            layers.append(nn.MaxPool2d(2))
+        for _ in range(2):
+            layers.append(_RefResidual(cin, w))
+            cin = w
+    return _RefFeaturesHead(nn.Sequential(*layers), _ref_gap_head(128))
+
+
+def _ref_se_cnn() -> nn.Module:
+    layers: list[nn.Module] = []
+    cin = 1
+    for i, w in enumerate((32, 64, 128)):
+        layers += [nn.Conv2d(cin, w, 3, padding=1), nn.ReLU(), _bn2d(w), _RefSE(w)]
+        if i < 2:
+            layers.append(nn.MaxPool2d(2))
+        cin = w
+    return _RefFeaturesHead(nn.Sequential(*layers), _ref_gap_head(128))
+
+
+def _ref_densenet_mini() -> nn.Module:
+    block1 = nn.Sequential(*[_RefDenseLayer(32 + 12 * i) for i in range(3)])
+    block2 = nn.Sequential(*[_RefDenseLayer(64 + 12 * i) for i in range(3)])
+    features = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), block1, nn.Conv2d(68, 64, 1), nn.MaxPool2d(2),
+                             block2, nn.Conv2d(100, 128, 1))
+    return _RefFeaturesHead(features, _ref_gap_head(128))
+
+
+def _ref_cnn_simple() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(), nn.Linear(576, 64),
+                         nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 10))
+
+
+def _ref_lenet5_relu_max() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84),
+                         nn.ReLU(), nn.Linear(84, 10))
+
+
+def _ref_fast_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 5, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 32, 5, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _ref_best_cnn() -> nn.Module:
+    def cbr(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(*cbr(1, 32), *cbr(32, 32), nn.MaxPool2d(2), *cbr(32, 64), *cbr(64, 64), nn.MaxPool2d(2),
+                         *cbr(64, 128), nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1152, 10))
+
+
+REFERENCE_FORMS = {
+    ("cnn-simple", ()): _ref_cnn_simple, ("cnn-deep", ()): _ref_cnn_deep,
+    ("cnn-enhanced", ()): _ref_cnn_enhanced, ("resnet-mini", ()): _ref_resnet_mini,
+    ("se-cnn", ()): _ref_se_cnn, ("densenet-mini", ()): _ref_densenet_mini,
+    ("lenet5", (("activation", "relu"), ("pool", "max"))): _ref_lenet5_relu_max,
+    ("fast-cnn", ()): _ref_fast_cnn, ("best-cnn", ()): _ref_best_cnn,
+}
+
+
+def _train_step_outputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """Logits of one train-mode forward (dropout seeded), parameter gradients and BN running stats after it."""
+    model.train()
+    torch.manual_seed(123)
+    out = model(x)
+    model.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(out, y).backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    return out.detach(), grads, buffers
+
+
+def _assert_same_computation(fast: nn.Module, ref: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    ref.load_state_dict(fast.state_dict())  # strict: the state-dict keys are unchanged
+    assert list(ref.state_dict()) == list(fast.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x), ref.eval()(x), atol=FP32_ATOL, rtol=0)
+    out_f, grads_f, bufs_f = _train_step_outputs(fast, x, y)
+    out_r, grads_r, bufs_r = _train_step_outputs(ref, x, y)
+    torch.testing.assert_close(out_f, out_r, atol=FP32_ATOL, rtol=0)
+    assert grads_f.keys() == grads_r.keys() and bufs_f.keys() == bufs_r.keys()
+    for k in grads_f:
+        torch.testing.assert_close(grads_f[k], grads_r[k], atol=FP32_ATOL, rtol=1e-4, msg=f"gradient of {k}")
+    for k in bufs_f:
+        torch.testing.assert_close(bufs_f[k], bufs_r[k], atol=FP32_ATOL, rtol=1e-5, equal_nan=True,
+                                   msg=f"buffer {k}")
+
+
+@pytest.mark.parametrize("name,kwargs", list(REFERENCE_FORMS), ids=[n for n, _ in REFERENCE_FORMS])
+def test_fast_form_computes_what_the_previous_form_computed(name, kwargs, batch):
+    """fp32, atol 1e-5: eval logits, train-mode logits (same dropout draws), every gradient, BN statistics."""
+    x, y = batch[0][:6], batch[1][:6]
+    torch.manual_seed(0)
+    fast = create_model(name, **dict(kwargs))
+    _assert_same_computation(fast, REFERENCE_FORMS[(name, kwargs)](), x, y)
+
+
+def test_the_reference_comparison_catches_a_changed_model(batch):
+    """A model that differs from its reference (here: average instead of max pooling) fails the comparison."""
+    x, y = batch
+    wrong = _ref_cnn_simple()
+    wrong[2] = nn.AvgPool2d(2)
+    with pytest.raises(AssertionError):
+        _assert_same_computation(create_model("cnn-simple"), wrong, x, y)
+
+
+@pytest.mark.parametrize("name", GRADIENT_MODELS)
+def test_plain_copy_is_the_same_network_in_textbook_form(name, ready, batch):
+    """``plain_copy`` (the plain loop's network in ``digitlab bench zoo``): no fast layers, no in-place ops,
+    same state-dict keys, and the same outputs and gradients in float32."""
+    from digitlab.models.ops import Float32Conv2d, MaxPool2x2, plain_copy
+
+    x, y = batch[0][:6], batch[1][:6]
+    fast = ready(name)
+    plain = plain_copy(fast)
+    assert plain is not fast
+    assert not any(isinstance(m, (MaxPool2x2, Float32Conv2d)) for m in plain.modules())
+    assert not any(getattr(m, "inplace", False) for m in plain.modules())
+    if any(isinstance(m, MaxPool2x2) for m in fast.modules()):
+        assert any(isinstance(m, nn.MaxPool2d) for m in plain.modules())
+    _assert_same_computation(fast, plain, x, y)
+
+
+def test_train_settings_are_recorded_per_model():
+    from digitlab.models import TrainSettings, train_settings
+
+    for name in ("cnn-deep", "cnn-enhanced", "resnet-mini", "se-cnn", "densenet-mini", "fast-cnn", "best-cnn"):
+        assert train_settings(name).amp, name
+    assert train_settings("resnet-mini") == TrainSettings(amp=True, channels_last=True)
+    assert train_settings("mlp-bn").to_dict() == {"amp": True, "channels_last": False}  # flat input
+    assert train_settings("logreg") == TrainSettings()  # no training step: the defaults, all off
+    assert model_info("densenet-mini").train_settings is train_settings("densenet-mini")
+    with pytest.raises(ConfigError):
+        train_settings("no-such-model")

@@ -62,3 +62,19 @@ def test_export_sees_the_standard_operator() -> None:
     targets = {str(node.target) for node in graph.nodes if node.op == "call_function"}
     assert any("max_pool2d" in t for t in targets), targets
     assert not any("maximum" in t for t in targets), targets
+
+
+def test_channels_last_input_takes_pytorchs_faster_kernel() -> None:
+    """Channels-last batches go to F.max_pool2d (faster there); NCHW batches to the fast kernel."""
+    x = _with_ties((4, 3, 8, 8), torch.float32)
+    cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    nchw = x.clone().requires_grad_()
+    y_cl, y_nchw = max_pool_2x2(cl), max_pool_2x2(nchw)
+    assert "MaxPool2DWithIndicesBackward" in type(y_cl.grad_fn).__name__
+    assert "_MaxPool2x2Function" in type(y_nchw.grad_fn).__name__
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y_cl, y_nchw)
+    grad = torch.randn(y_cl.shape, generator=torch.Generator().manual_seed(2))
+    y_cl.backward(grad)
+    y_nchw.backward(grad)
+    assert torch.equal(cl.grad, nchw.grad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 
 import numpy as np
@@ -289,3 +290,156 @@ def test_split_digits_reads_a_number(run_dir, mnist):
     result = predictor.read_number(img)
     assert result["number"] == "".join(str(labels[i]) for i in chosen)
     assert split_digits(Image.new("L", (50, 50), 255)) == []
+
+
+# ------------------------------------------------------------------ issue 15: hostile files
+
+
+def test_only_allowed_formats_are_decoded(monkeypatch, tmp_path):
+    from PIL import EpsImagePlugin
+
+    from digitlab.inference.preprocess import ALLOWED_FORMATS
+
+    def boom(*args, **kwargs):  # the EPS decoder (Ghostscript) must never be reached
+        raise AssertionError("EPS decoder called")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", boom)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(ImageError, match="accepted format"):
+        load_image(eps)
+    ppm = _save(Image.new("L", (30, 30), 255), "PPM")
+    with pytest.raises(ImageError, match="PNG, JPEG, GIF, BMP, TIFF or WebP"):
+        load_image(ppm)
+    assert set(ALLOWED_FORMATS) == {"PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"}
+    # the content decides, not the name: a PNG called .eps is still read
+    path = tmp_path / "digit.eps"
+    path.write_bytes(_save(Image.new("L", (30, 30), 255), "PNG"))
+    assert load_image(path).size == (30, 30)
+
+
+def test_nan_in_a_float_tiff_is_an_image_error():
+    pixels = np.zeros((40, 40), np.float32)
+    pixels[10:30, 18:22] = 1.0
+    pixels[5, 5] = np.nan
+    with pytest.raises(ImageError, match="NaN"):
+        to_mnist(_save(Image.fromarray(pixels, "F"), "TIFF"))
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    import threading
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            load_image(fifo)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion below
+            outcome.append(exc)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():  # unblock the reader so the test process can end, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("reading a FIFO blocked")
+    assert isinstance(outcome[0], ImageError) and "not a regular file (a FIFO)" in str(outcome[0])
+
+
+def test_large_palette_png_with_transparency_costs_little_memory(tmp_path):
+    """A ~40 KB palette PNG of 6300×6300 with transparency: at most 100 MB above an ordinary picture."""
+    import subprocess
+    import sys
+
+    big = Image.new("P", (6300, 6300), 0)
+    big.putpalette([255, 255, 255, 0, 0, 0] + [0] * (254 * 3))
+    big.paste(1, (2900, 1000, 3400, 5300))  # a thick black "1" on a transparent layer
+    big.info["transparency"] = 0
+    (tmp_path / "big.png").write_bytes(_save(big, "PNG", transparency=0))
+    del big
+    small = Image.new("L", (300, 300), 255)
+    small.paste(0, (140, 50, 160, 250))
+    (tmp_path / "small.png").write_bytes(_save(small, "PNG"))
+    assert (tmp_path / "big.png").stat().st_size < 1_000_000
+    script = (
+        "import resource, sys\n"
+        "from digitlab.inference.preprocess import to_mnist\n"
+        "small = to_mnist(sys.argv[1])\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "big = to_mnist(sys.argv[2])\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print((after - before) / 1024, float((small > 0).mean()), float((big > 0).mean()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "small.png"), str(tmp_path / "big.png")],
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    extra_mb, small_ink, big_ink = (float(v) for v in out)
+    assert extra_mb < 100, f"{extra_mb:.0f} MB more than an ordinary picture"
+    assert big_ink > 0.05 and small_ink > 0.05  # and the digit is still found
+
+
+def test_palette_strip_reduction_matches_pillow(digits):
+    """The strip-wise palette path gives the same picture as converting to RGBA and reducing."""
+    from digitlab.inference.preprocess import _luminance_alpha
+
+    d = digits[0][0]
+    img = Image.fromarray(255 - d).resize((2100, 2050), Image.Resampling.BICUBIC).convert(
+        "P", palette=Image.Palette.ADAPTIVE, colors=16)
+    img.info["transparency"] = int(np.asarray(img)[0, 0])  # the paper becomes transparent
+    lum, alpha = _luminance_alpha(img)
+    ref = img.convert("RGBA").reduce(3)
+    ref_alpha = np.asarray(ref, np.float32)[..., 3] / 255.0
+    assert alpha is not None and lum.shape == ref_alpha.shape
+    assert np.abs(alpha - ref_alpha).max() < 0.02
+    assert _corr(to_mnist(img), to_mnist(img.convert("RGBA"))) > 0.98
+
+
+# ------------------------------------------------------------------ property-based: only ImageError escapes
+
+
+def _seed_files() -> list[bytes]:
+    paper = Image.new("L", (48, 40), 255)
+    paper.paste(0, (20, 5, 28, 35))
+    rgba = paper.convert("RGBA")
+    return [_save(paper, "PNG"), _save(paper.convert("RGB"), "JPEG"), _save(paper.convert("P"), "GIF"),
+            _save(paper, "BMP"), _save(paper, "TIFF"), _save(paper.convert("RGB"), "WEBP"),
+            _save(rgba, "PNG"), _save(Image.fromarray(np.asarray(paper, np.float32) / 255, "F"), "TIFF")]
+
+
+SEEDS = _seed_files()
+
+
+def _outcome(data: bytes) -> None:
+    try:
+        out = to_mnist(data, max_pixels=4_000_000)
+    except ImageError:
+        return
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's "Corrupt EXIF data" on mutated TIFFs
+def test_hypothesis_random_bytes_and_mutated_images():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=150, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.binary(max_size=2048))
+    def random_bytes(data: bytes) -> None:
+        _outcome(data)
+
+    @settings(max_examples=250, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.sampled_from(range(len(SEEDS))),
+           st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
+           st.integers(0, 10_000))
+    def mutated(which: int, flips: list[tuple[int, int]], cut: int) -> None:
+        data = bytearray(SEEDS[which])
+        for pos, value in flips:
+            data[pos % len(data)] = value
+        _outcome(bytes(data[: max(8, len(data) - cut % len(data))]))
+
+    random_bytes()
+    mutated()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import digitlab
+from digitlab.checkpoint import read_meta
 from digitlab.inference.predictor import DEFAULT_MODEL_PATH
-from digitlab.train.checkpoint import read_meta
 from inference_support import render_real_world
 
 

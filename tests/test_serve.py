@@ -183,27 +183,134 @@ def test_blank_drawing_is_not_an_error(client):
     Image.new("RGB", (280, 280), "white").save(buf, "PNG")
     r = client.post("/api/predict", files={"file": ("blank.png", buf.getvalue(), "image/png")})
     assert r.status_code == 200 and not np.asarray(r.json()["preprocessed"]).any()
-    assert r.json()["blank"] is True
-    json.dumps(r.json())
+    body = r.json()
+    assert body["blank"] is True and body["rejected"] == "blank"
+    assert body["label"] is None and body["name"] is None and body["confidence"] is None
+    json.dumps(body)
 
 
 def test_cli_serve(run_dir, monkeypatch, capsys):
     import uvicorn
 
+    import digitlab.cli.serve as serve_cli
     from digitlab.cli import main
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(serve_cli, "check_port_free", lambda host, port: None)  # tested below
     assert main(["serve", "--model", str(run_dir), "--port", "8123", "--max-upload-mb", "1"]) == 0
     app, kw = calls[-1]
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8123  # local only by default
     assert "warning" not in capsys.readouterr().err
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1:8123") as c:
         assert c.get("/api/models").json()["limits"]["max_upload_bytes"] == 1024 * 1024
-    assert main(["serve", "--model", str(run_dir), "--host", "0.0.0.0"]) == 0
+    # another address needs a token, or an explicit --no-token
+    assert main(["serve", "--model", str(run_dir), "--host", "0.0.0.0"]) == 2
+    assert "--no-token" in capsys.readouterr().err
+    assert main(["serve", "--model", str(run_dir), "--host", "0.0.0.0", "--no-token"]) == 0
     assert calls[-1][1]["host"] == "0.0.0.0"
     assert "reachable from other machines" in capsys.readouterr().err
+    monkeypatch.setenv("DIGITLAB_API_TOKEN", "s3cret")
+    assert main(["serve", "--model", str(run_dir), "--host", "0.0.0.0", "--allowed-host", "digits.example"]) == 0
+    with TestClient(calls[-1][0], base_url="http://digits.example") as c:
+        assert c.post("/api/predict", json={"pixels": [[0] * 28] * 28}).status_code == 401
+        ok = c.post("/api/predict", json={"pixels": [[0] * 28] * 28}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert c.get("/api/health", headers={"host": "evil.example"}).status_code == 400
+    assert "reachable" not in capsys.readouterr().err
+    monkeypatch.delenv("DIGITLAB_API_TOKEN")
+    # on loopback, the Host header must name the loopback (a DNS-rebinding page's Host is refused)
+    assert main(["serve", "--model", str(run_dir)]) == 0
+    with TestClient(calls[-1][0], base_url="http://localhost:8000") as c:
+        assert c.get("/api/health").status_code == 200
+        assert c.get("/api/health", headers={"host": "attacker.example:8000"}).status_code == 400
+        assert c.get("/api/health", headers={"host": "[::1]:8000"}).status_code == 200
     n = len(calls)
     assert main(["serve", "--model", str(run_dir / "missing")]) == 2
     assert main(["serve", "--model", str(run_dir), "--port", "70000"]) == 2
     assert len(calls) == n
+
+
+# ------------------------------------------------------------------ issue 15: no 500s for hostile input
+
+
+def _nan_tiff() -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.zeros((40, 40), np.float32)
+    pixels[10:30, 18:22] = 1.0
+    pixels[5, 5] = np.nan
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "F").save(buf, "TIFF")
+    return buf.getvalue()
+
+
+def test_hostile_json_and_images_are_client_errors(client):
+    huge = [[0] * 28 for _ in range(28)]
+    huge[3][3] = 10**400  # a JSON integer no float can hold (was OverflowError -> 500)
+    body = json.dumps({"pixels": huge}).encode()
+    _assert_error(client.post("/api/predict", content=body, headers={"content-type": "application/json"}),
+                  422, "0..255")
+    nan = json.dumps({"pixels": [[0] * 28] * 27 + [[0] * 27 + [float("nan")]]}).encode()  # NaN literal
+    _assert_error(client.post("/api/predict", content=nan, headers={"content-type": "application/json"}),
+                  422, "0..255")
+    deep = b"[" * 5000 + b"]" * 5000  # was RecursionError -> 500
+    _assert_error(client.post("/api/predict", content=deep, headers={"content-type": "application/json"}),
+                  400, "nested too deeply")
+    deep_obj = b'{"pixels": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    _assert_error(client.post("/api/predict", content=deep_obj, headers={"content-type": "application/json"}),
+                  400, "nested too deeply")
+    # a float TIFF holding NaN (was ValueError in _otsu -> 500)
+    _assert_error(client.post("/api/predict", files={"file": ("nan.tiff", _nan_tiff(), "image/tiff")}), 400, "NaN")
+    # formats outside the allow-list are refused before any decoder runs (EPS would start Ghostscript)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    _assert_error(client.post("/api/predict", files={"file": ("x.eps", eps, "application/postscript")}), 400,
+                  "accepted format")
+    assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_results_carry_class_names_and_limits(client, sample):
+    pixels, label, _ = sample
+    body = client.post("/api/predict", json={"pixels": pixels.tolist()}).json()
+    assert body["label"] == label and body["name"] == str(label)
+    models = client.get("/api/models").json()
+    assert models["models"][0]["dataset"] == "mnist" and models["models"][0]["class_names"][7] == "7"
+    assert models["limits"]["max_concurrent_decodes"] >= 1
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["PredictResponse"]
+    assert "name" in schema["properties"]
+
+
+def test_half_sent_body_times_out(predictor):
+    """A client that stops sending gets 408 instead of holding the request open forever."""
+    import time
+
+    app = create_app(predictor, body_timeout=0.5)
+
+    def slow():
+        yield b"\x89PNG"
+        time.sleep(3)
+        yield b"rest"
+
+    with TestClient(app) as c:  # (the test client finishes sending before it reads the answer)
+        r = c.post("/api/predict", content=slow(), headers={"content-type": "image/png"})
+        _assert_error(r, 408, "not received within")
+        assert c.get("/api/health").status_code == 200
+
+
+def test_cli_serve_port_in_use_is_one_line(run_dir, monkeypatch, capsys):
+    import socket
+
+    import uvicorn
+
+    from digitlab.cli import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("uvicorn must not start"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(run_dir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"port {port} on 127.0.0.1 is already in use" in err and len(err.splitlines()) == 1

@@ -227,7 +227,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path):
     """A real process killed with SIGKILL mid-run, resumed with the CLI."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = ["--model", "mlp-128-64", "--epochs", "1", "--max-steps", "80", "--batch-size", "64",
-            "--set", "checkpoint_every=10", "--set", "tensorboard=false", "--no-progress", "--json"]
+            "--set", "checkpoint_every=10", "--set", "tensorboard=false", "--quiet", "--json"]
     cut = tmp_path / "cut"
     proc = subprocess.Popen([sys.executable, "-m", "digitlab", "train", *args, "--out", str(cut)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -240,7 +240,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path):
     proc.wait()
     assert not (cut / "model.safetensors").exists()
     out = subprocess.run([sys.executable, "-m", "digitlab", "train", "--resume", str(cut), "--json",
-                          "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+                          "--quiet"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     full = subprocess.run([sys.executable, "-m", "digitlab", "train", *args, "--out", str(tmp_path / "full")],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -361,3 +361,65 @@ def test_recipes_state_their_schedule_explicitly(name):
     raw = yaml.safe_load((recipe_dir() / f"{name}.yaml").read_text())
     if model_info(raw["model"]).uses_gradient:
         assert {"schedule", "lr", "optimizer", "batch_size", "epochs"} <= set(raw), name
+
+
+# --- process-wide state, validation points, optional TensorBoard ----------------------------------------------
+
+def test_fit_restores_the_process_wide_torch_state(small):
+    from digitlab.data import make_splits
+    from digitlab.train import fit
+
+    model, splits = create_model("mlp-basic-128"), make_splits(small, 0.1, 0)
+    torch.manual_seed(1234)
+    expected_next = torch.rand(3)
+    torch.manual_seed(1234)
+    torch.use_deterministic_algorithms(False)
+    threads = torch.get_num_threads()
+    benchmark = torch.backends.cudnn.benchmark
+    cfg = TrainConfig(model="mlp-basic-128", epochs=1, max_steps=3, deterministic=True, tensorboard=False,
+                      threads=1 if threads > 1 else 2)  # a different thread count while training
+    seen = []
+    fit(model, splits, cfg, callbacks=[LambdaCallback(step_end=lambda t, **_: seen.append(torch.get_num_threads()))])
+    assert seen and set(seen) == {cfg.threads}
+    assert not torch.are_deterministic_algorithms_enabled()  # switched on inside fit, restored after
+    assert torch.get_num_threads() == threads and torch.backends.cudnn.benchmark == benchmark
+    assert torch.equal(torch.rand(3), expected_next)  # the global RNG continues where it was
+
+
+def test_train_run_restores_the_global_rng(small):
+    torch.manual_seed(99)
+    expected = torch.rand(2)
+    torch.manual_seed(99)
+    train_run(TrainConfig(model="mlp-basic-128", epochs=1, max_steps=2, tensorboard=False), None,
+              dataset=small, progress=False, evaluate_test=False)
+    assert torch.equal(torch.rand(2), expected)
+
+
+def test_eval_every_steps_adds_history_rows(small, tmp_path):
+    cfg = TrainConfig(model="mlp-basic-128", epochs=1, max_steps=20, eval_every_steps=5, val_max_images=200,
+                      tensorboard=False)
+    result = train_run(cfg, tmp_path / "r", dataset=small, progress=False, evaluate_test=False)
+    steps = [h["step"] for h in result.fit.history]
+    assert steps == [5, 10, 15, 20]  # three mid-epoch points and the run's end
+    assert all(h["val_accuracy"] is not None for h in result.fit.history)
+    assert result.fit.val_seconds > 0 and result.metrics["val_seconds"] == result.fit.val_seconds
+    rows = (tmp_path / "r" / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4
+    with pytest.raises(ConfigError, match="eval_every_steps"):
+        TrainConfig(eval_every_steps=-1)
+    with pytest.raises(ConfigError, match="val_max_images"):
+        TrainConfig(val_max_images=0)
+
+
+def test_train_without_tensorboard_says_so_once(small, tmp_path, monkeypatch, capsys):
+    import digitlab.train.run as run_module
+
+    monkeypatch.setattr(run_module, "tensorboard_available", lambda: False)
+    monkeypatch.setattr(run_module, "_told_tensorboard_off", False)
+    for name in ("a", "b"):
+        train_run(TrainConfig(model="mlp-basic-128", epochs=1, max_steps=2), tmp_path / name, dataset=small,
+                  progress=False)
+    err = capsys.readouterr().err
+    assert err.count("TensorBoard logging is off") == 1 and "digitlab[tensorboard]" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "a" / "tensorboard").exists() and (tmp_path / "a" / "model.safetensors").is_file()

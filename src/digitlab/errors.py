@@ -29,3 +29,7 @@ class RunExistsError(DigitlabError):
 
 class ImageError(DigitlabError):
     """An image file or upload cannot be decoded or is unusable."""
+
+
+class MissingExtraError(DigitlabError):
+    """An optional dependency (a pip extra such as ``digitlab[onnx]``) is not installed."""

@@ -78,13 +78,10 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        from digitlab.data.batches import iterate_eval
+        """Class probabilities ``N×10`` (float32), from the one batched forward pass."""
+        from digitlab.models.forward import predict_proba
 
-        images = as_uint8_images(X)
-        device = next(self.model_.parameters(), torch.empty(0)).device
-        with torch.inference_mode():
-            out = [torch.softmax(self.model_(x.to(device)).float(), 1).cpu() for x in iterate_eval(images)]
-        return torch.cat(out).numpy()
+        return predict_proba(self.model_, as_uint8_images(X)).numpy()
 
     def predict(self, X: Any) -> np.ndarray:
         return self.predict_proba(X).argmax(1)

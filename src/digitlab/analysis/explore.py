@@ -20,19 +20,20 @@ Computation and plotting are separate:
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from digitlab.analysis.plots import fig_to_png, pyplot
+from digitlab.data.pixel_stats import class_sums, f_classif_from_sums
+
 EXPLORE_VERSION = 1
-DEFAULT_TOP_K = 196
+DEFAULT_PIXELS = 196
 """Pixels kept by the feature-selected MLP of notebook 000 (a quarter of 784)."""
 HIST_BINS = 50
 AUG_DIGITS = (1, 3, 8)
@@ -53,84 +54,24 @@ _MAP_KEYS = (("mean_image",), ("class_mean_images",), ("class_std_images",), ("p
 
 # --------------------------------------------------------------------------- pure computations
 
-@dataclass
-class ClassSums:
-    """Per-class pixel statistics from one pass over the data (exact for integer images)."""
-
-    counts: np.ndarray
-    """Images per class, ``K`` int64."""
-    sums: np.ndarray
-    """Sum of each pixel over each class's images, ``K×P`` float64 (integer-valued for integer data)."""
-    sumsq: np.ndarray
-    """Sum of squares, ``K×P`` float64."""
-    zeros: np.ndarray
-    """Number of images with the pixel equal to 0, ``K×P`` float64."""
-    image_sums: np.ndarray
-    """Sum of all pixels of each image, ``N`` float64 (in the input order)."""
-
-
-def class_sums(images: np.ndarray, labels: np.ndarray, num_classes: int, chunk: int = 8192,
-               on_chunk: Any = None) -> ClassSums:
-    """Per-class sums, sums of squares and zero counts of ``images`` (``N×...``).
-
-    Images are grouped by class with one stable sort and reduced a chunk at a
-    time. Integer images are summed in int64 (exact; ~10× faster than float GEMMs
-    against a one-hot matrix), floats in float64. ``on_chunk(n_done)`` is called
-    after each chunk (progress bars).
-    """
-    n = images.shape[0]
-    flat = images.reshape(n, -1)
-    labels = np.asarray(labels).astype(np.int64, copy=False).reshape(-1)
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
-    if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must be in 0..{num_classes - 1}")
-    p = flat.shape[1]
-    integer = np.issubdtype(flat.dtype, np.integer) or flat.dtype == np.bool_
-    acc = np.int64 if integer else np.float64
-    # squares of uint8 fit in int32: half the memory traffic of int64
-    sq_dtype = np.int32 if flat.dtype in (np.uint8, np.int8, np.bool_) else acc
-    counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
-    order = np.argsort(labels, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    sums = np.zeros((num_classes, p), dtype=acc)
-    sumsq = np.zeros((num_classes, p), dtype=acc)
-    zeros = np.zeros((num_classes, p), dtype=np.int64)
-    image_sums = np.zeros(n, dtype=acc)
-    for c in range(num_classes):
-        for start in range(int(bounds[c]), int(bounds[c + 1]), chunk):
-            idx = order[start:min(start + chunk, int(bounds[c + 1]))]
-            x = flat[idx]
-            sums[c] += x.sum(axis=0, dtype=acc)
-            xs = x.astype(sq_dtype)
-            sumsq[c] += (xs * xs).sum(axis=0, dtype=acc)
-            zeros[c] += (x == 0).sum(axis=0)
-            image_sums[idx] = x.sum(axis=1, dtype=acc)
-            if on_chunk is not None:
-                on_chunk(idx.size)
-    f8 = np.float64
-    return ClassSums(counts, sums.astype(f8), sumsq.astype(f8), zeros.astype(f8), image_sums.astype(f8))
-
-
 def log10_f_sf(f: float, dfn: int, dfd: int) -> float:
     """log10 of the F distribution's survival function, finite even where the p-value underflows.
 
     scipy's ``f.logsf`` returns -inf once the p-value is below ~1e-308 (MNIST's
     ANOVA is far beyond that); there, integrate the density relative to its value at ``f``.
     """
-    from scipy import integrate
     from scipy import stats as sps
 
     lp = float(sps.f.logsf(f, dfn, dfd))
     if math.isfinite(lp) or not math.isfinite(f):
         return lp / math.log(10)
-    return _log10_f_sf_tail(f, dfn, dfd, integrate, sps)
+    return _log10_f_sf_tail(f, dfn, dfd)
 
 
-def _log10_f_sf_tail(f: float, dfn: int, dfd: int, integrate: Any = None, sps: Any = None) -> float:
-    if integrate is None or sps is None:
-        from scipy import integrate
-        from scipy import stats as sps
+def _log10_f_sf_tail(f: float, dfn: int, dfd: int) -> float:
+    from scipy import integrate
+    from scipy import stats as sps
+
     l0 = float(sps.f.logpdf(f, dfn, dfd))
     # p = pdf(f) · ∫_f^∞ pdf(t)/pdf(f) dt; the ratio is ≤ 1 and decays fast, so quad is accurate
     rel, _ = integrate.quad(lambda t: math.exp(float(sps.f.logpdf(t, dfn, dfd)) - l0), f, np.inf)
@@ -146,46 +87,6 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_clean(v) for v in obj]
     return obj
-
-
-def f_classif_from_sums(counts: np.ndarray, sums: np.ndarray, sumsq: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """One-way ANOVA F and p per feature (sklearn's ``f_classif``) from per-class sums.
-
-    Classes with no samples are ignored. A feature that is constant overall gets
-    F = NaN (0/0), as in scikit-learn; constant within every class but not overall
-    gets F = inf.
-    """
-    from scipy import special
-
-    present = counts > 0
-    n_k = counts[present].astype(np.float64)[:, None]
-    s_k, q_k = sums[present], sumsq[present]
-    k = int(present.sum())
-    n = float(n_k.sum())
-    s, q = s_k.sum(axis=0), q_k.sum(axis=0)
-    # numerators n·Q − S² are exact for integer data of MNIST's size (< 2**53), so a
-    # constant feature gets exactly 0 rather than rounding noise
-    ss_within = ((n_k * q_k - s_k * s_k) / n_k).sum(axis=0)
-    ss_total = (n * q - s * s) / n
-    ss_between = np.maximum(ss_total - ss_within, 0.0)
-    ms_between = ss_between / (k - 1)
-    ms_within = ss_within / (n - k)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f = ms_between / ms_within
-    p = special.fdtrc(k - 1, n - k, f)
-    return f, p
-
-
-def f_classif(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised ``sklearn.feature_selection.f_classif``: F-scores and p-values of ``x`` (``N×P``) vs ``y``."""
-    x = np.asarray(x)
-    y = np.asarray(y)
-    classes, codes = np.unique(y, return_inverse=True)
-    if classes.size < 2:
-        raise ValueError("f_classif needs at least two classes")
-    cs = class_sums(x.reshape(x.shape[0], -1), codes.reshape(-1), classes.size)
-    return f_classif_from_sums(cs.counts, cs.sums, cs.sumsq)
 
 
 def _finite_or_none(a: np.ndarray, decimals: int | None = None) -> Any:
@@ -245,7 +146,7 @@ def augmentation_examples(dataset: Any, digits: Sequence[int] = AUG_DIGITS, vers
     return indices, originals, augmented
 
 
-def explore_dataset(dataset: Any, top_k: int = DEFAULT_TOP_K, hist_bins: int = HIST_BINS, seed: int = 0,
+def explore_dataset(dataset: Any, pixels: int = DEFAULT_PIXELS, hist_bins: int = HIST_BINS, seed: int = 0,
                     progress: bool = False) -> dict[str, Any]:
     """Every exploration number for ``dataset`` (a :class:`digitlab.data.Dataset`), JSON-ready.
 
@@ -253,6 +154,7 @@ def explore_dataset(dataset: Any, top_k: int = DEFAULT_TOP_K, hist_bins: int = H
     distributions cover train and test. Intensities are on the 0–255 scale.
     Images (mean, per-class mean/std, variance, F-score maps) are 28×28 nested
     lists; F-scores of constant pixels are ``None`` (NaN in scikit-learn).
+    ``pixels`` is how many of the highest-scoring F-test pixels to keep and list.
     """
     import torch
     from scipy import stats as sps
@@ -292,8 +194,11 @@ def explore_dataset(dataset: Any, top_k: int = DEFAULT_TOP_K, hist_bins: int = H
         per_class = []
         for c in range(k):
             cnt = int(cs.counts[c])
-            m = float(cs.sums[c].sum() / (cnt * p)) if cnt else None
-            sd = math.sqrt(max(float(cs.sumsq[c].sum() / (cnt * p)) - m * m, 0.0)) if cnt else None
+            m: float | None = None
+            sd: float | None = None
+            if cnt:
+                mc = float(cs.sums[c].sum() / (cnt * p))
+                m, sd = mc, math.sqrt(max(float(cs.sumsq[c].sum() / (cnt * p)) - mc * mc, 0.0))
             per_class.append({
                 "class": c, "name": str(dataset.spec.class_names[c]), "count": cnt,
                 "mean_intensity": m, "std_intensity": sd,
@@ -307,11 +212,11 @@ def explore_dataset(dataset: Any, top_k: int = DEFAULT_TOP_K, hist_bins: int = H
         hist, _ = np.histogram(np.arange(256), bins=edges, weights=value_counts)
         bar.update(1)
 
-        # F-test per pixel (sklearn's f_classif) and the top-k pixels
+        # F-test per pixel (sklearn's f_classif) and the `pixels` best pixels
         f_scores, f_p = f_classif_from_sums(cs.counts, cs.sums, cs.sumsq)
         ranked = np.where(np.isfinite(f_scores), f_scores, -np.inf)
         order = np.argsort(-ranked, kind="stable")
-        top = order[:min(top_k, int(np.isfinite(f_scores).sum()))]
+        top = order[:min(pixels, int(np.isfinite(f_scores).sum()))]
         finite = np.nan_to_num(f_scores, nan=0.0, posinf=0.0)
         span = finite.max() - finite.min()
         importance = (finite - finite.min()) / span if span > 0 else np.zeros_like(finite)
@@ -379,11 +284,11 @@ def explore_dataset(dataset: Any, top_k: int = DEFAULT_TOP_K, hist_bins: int = H
             "max_f": float(np.nanmax(np.where(np.isfinite(f_scores), f_scores, np.nan))),
             "pixels_scored": int(np.isfinite(f_scores).sum()),
             "pixels_p_below_0.05": int((f_p[np.isfinite(f_p)] < 0.05).sum()),
-            "top_k": int(top.size),
+            "pixels": int(top.size),
             "top_pixel_indices": top.tolist(),
             "top_pixels": [{"index": int(i), "row": int(i // w), "col": int(i % w), "f": float(f_scores[i])}
                            for i in top],
-            "top_k_min_f": float(f_scores[top[-1]]) if top.size else None,
+            "pixels_min_f": float(f_scores[top[-1]]) if top.size else None,
         },
         "anova_mean_intensity": {
             "test": "scipy.stats.f_oneway of per-image mean intensity across classes (train)",
@@ -416,25 +321,6 @@ def summary(stats: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- figures
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any, dpi: int = 100) -> bytes:
-    plt = _plt()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
-
-
 def _image_grid(plt: Any, images: np.ndarray, titles: Sequence[str], rows: int, cols: int, title: str,
                 cmap: str, colorbar: bool = True) -> bytes:
     fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols + 1, 1.8 * rows + 0.6), squeeze=False)
@@ -448,7 +334,7 @@ def _image_grid(plt: Any, images: np.ndarray, titles: Sequence[str], rows: int, 
     fig.suptitle(title)
     if colorbar and im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def _mosaic(tiles: Sequence[Sequence[np.ndarray]], cols: int, gap: int = 2, fill: float = 1.0) -> np.ndarray:
@@ -478,7 +364,7 @@ def explore_figures(dataset: Any, stats: dict[str, Any], progress: bool = False)
     """
     from tqdm import tqdm
 
-    plt = _plt()
+    plt = pyplot()
     names = [str(c) for c in stats["data"]["class_names"]]
     k = len(names)
     figures: dict[str, bytes] = {}
@@ -498,7 +384,7 @@ def explore_figures(dataset: Any, stats: dict[str, Any], progress: bool = False)
             ax.set_ylabel("% of split")
             ax.set_title("Class distribution (train counts on the bars)")
             ax.legend(fontsize=8)
-            figures[name] = _png(fig)
+            figures[name] = fig_to_png(fig)
         elif name == "intensity_histogram":
             hist = stats["intensity_histogram"]
             edges, counts = np.array(hist["bin_edges"]), np.array(hist["counts"], dtype=float)
@@ -512,14 +398,14 @@ def explore_figures(dataset: Any, stats: dict[str, Any], progress: bool = False)
             px = stats["pixels"]
             fig.suptitle(f"Pixel intensities, train: mean {px['mean']:.2f}, std {px['std']:.2f}, "
                          f"{px['zero_percent']:.1f}% zeros")
-            figures[name] = _png(fig)
+            figures[name] = fig_to_png(fig)
         elif name == "mean_image":
             fig, ax = plt.subplots(figsize=(4.5, 4))
             im = ax.imshow(_arr(stats["mean_image"]), cmap="gray")
             ax.set_title("Mean training image")
             ax.axis("off")
             fig.colorbar(im, ax=ax, shrink=0.8)
-            figures[name] = _png(fig)
+            figures[name] = fig_to_png(fig)
         elif name in ("class_mean_images", "class_std_images"):
             imgs = _arr(stats[name])
             what = "Mean" if name == "class_mean_images" else "Standard deviation"
@@ -545,7 +431,7 @@ def explore_figures(dataset: Any, stats: dict[str, Any], progress: bool = False)
             axes[1].set_ylabel("pixels")
             axes[1].legend(fontsize=8)
             axes[1].set_title("Distribution of pixel variances")
-            figures[name] = _png(fig)
+            figures[name] = fig_to_png(fig)
         elif name == "f_test_importance":
             ft = stats["f_test"]
             imp = _arr(ft["importance_map"])
@@ -556,10 +442,10 @@ def explore_figures(dataset: Any, stats: dict[str, Any], progress: bool = False)
             axes[0].set_title("Pixel importance (F-test, min-max scaled)")
             fig.colorbar(im, ax=axes[0], shrink=0.8)
             axes[1].imshow(mask.reshape(imp.shape), cmap="gray")
-            axes[1].set_title(f"Top {ft['top_k']} pixels by F-score")
+            axes[1].set_title(f"Top {ft['pixels']} pixels by F-score")
             for ax in axes:
                 ax.axis("off")
-            figures[name] = _png(fig)
+            figures[name] = fig_to_png(fig)
         elif name == "class_mean_intensity":
             pc = stats["per_class"]
             an = stats["anova_mean_intensity"]
@@ -573,7 +459,7 @@ def explore_figures(dataset: Any, stats: dict[str, Any], progress: bool = False)
             ax.set_ylabel("mean pixel intensity")
             p_text = f"p = {an['p_value']:.2e}" if an["p_value"] > 0 else f"log10 p = {an['log10_p_value']:.0f}"
             ax.set_title(f"Mean intensity by class — one-way ANOVA F = {an['F']:.1f}, {p_text}")
-            figures[name] = _png(fig)
+            figures[name] = fig_to_png(fig)
         elif name == "sample_grid":
             idx = stats["samples"]["indices"]
             cols = stats["samples"]["per_class"]
@@ -587,7 +473,7 @@ def explore_figures(dataset: Any, stats: dict[str, Any], progress: bool = False)
             ax.set_yticks([r * step + step / 2 for r in range(k)], names)
             ax.set_xticks([])
             ax.set_title(f"First {cols} training images of each class")
-            figures[name] = _png(fig)
+            figures[name] = fig_to_png(fig)
         elif name == "augmentation_examples":
             aug = stats["augmentation"]
             _, orig, augmented = augmentation_examples(dataset, aug["digits"], aug["versions"], aug["seed"])
@@ -612,7 +498,7 @@ def explore_figures(dataset: Any, stats: dict[str, Any], progress: bool = False)
             ax.set_title(f"Augmentation (rotation ±{cfg['rotation']:g}°, zoom ±{cfg['zoom']:g}, "
                          f"shift ±{cfg['shift']:g}; seed {aug['seed']}); mean±std per image", fontsize=9,
                          pad=22)
-            figures[name] = _png(fig)
+            figures[name] = fig_to_png(fig)
     return figures
 
 
@@ -634,7 +520,7 @@ def write_explore(out: str | os.PathLike[str], stats: dict[str, Any], figures: d
 
 def run_explore(out: str | os.PathLike[str] = "explore", dataset: str = "mnist",
                 data_dir: str | os.PathLike[str] | None = None, plots: bool = True, progress: bool = False,
-                top_k: int = DEFAULT_TOP_K, seed: int = 0) -> dict[str, Any]:
+                pixels: int = DEFAULT_PIXELS, seed: int = 0) -> dict[str, Any]:
     """Load ``dataset``, explore it and write the results into the new folder ``out``.
 
     Refuses an existing non-empty ``out`` before doing any work. Returns
@@ -649,7 +535,7 @@ def run_explore(out: str | os.PathLike[str] = "explore", dataset: str = "mnist",
     ensure_new_dir(out_path, "explore output directory")
     try:
         ds = load_dataset(dataset, data_dir=data_dir, progress=progress)
-        stats = explore_dataset(ds, top_k=top_k, seed=seed, progress=progress)
+        stats = explore_dataset(ds, pixels=pixels, seed=seed, progress=progress)
         t1 = time.perf_counter()
         figures = explore_figures(ds, stats, progress=progress) if plots else {}
         stats["timings"]["figures_s"] = round(time.perf_counter() - t1, 3)

@@ -16,9 +16,11 @@ import numpy as np
 from digitlab.evaluate.metrics import ArrayLike, to_numpy
 
 DPI = 110
+"""Resolution of every PNG the project draws (with ``bbox_inches="tight"``: no clipped labels)."""
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,13 +29,21 @@ def _plt() -> Any:
     return plt
 
 
-def _png(fig: Any) -> bytes:
+def fig_to_png(fig: Any) -> bytes:
+    """Render a matplotlib figure to PNG bytes and close it: THE one way figures are saved.
+
+    Lays the subplots out with ``tight_layout`` when every axes sits on the
+    figure's grid (a colorbar drawn beside a list of axes does not: such figures
+    keep the placement they were built with), then saves at :data:`DPI` with a
+    tight bounding box. The figure is closed even when rendering fails.
+    """
     buf = io.BytesIO()
     try:
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=DPI)
+        if all(ax.get_subplotspec() is not None for ax in fig.axes):
+            fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -56,7 +66,7 @@ def confusion_matrix_png(cm: ArrayLike, class_names: Sequence[str] | None = None
 
     ``normalize=True`` colours by row fraction but still prints the counts.
     """
-    plt = _plt()
+    plt = pyplot()
     counts = np.asarray(to_numpy(cm))
     n = counts.shape[0]
     rows = counts.sum(axis=1, keepdims=True)
@@ -78,13 +88,13 @@ def confusion_matrix_png(cm: ArrayLike, class_names: Sequence[str] | None = None
             if counts[i, j]:
                 ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
                         color="white" if colour[i, j] > 0.6 * hi else "black")
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def per_class_metrics_png(per_class: Sequence[Mapping[str, Any]], title: str = "Per-class metrics",
                           metrics: Sequence[str] = ("precision", "recall", "f1")) -> bytes:
     """Grouped bars of precision / recall / F1 per class from ``evaluate`` ``per_class`` dicts."""
-    plt = _plt()
+    plt = pyplot()
     names = [str(r.get("class", i)) for i, r in enumerate(per_class)]
     x = np.arange(len(names))
     width = 0.8 / len(metrics)
@@ -100,7 +110,7 @@ def per_class_metrics_png(per_class: Sequence[Mapping[str, Any]], title: str = "
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def reliability_png(reliability: Mapping[str, Any], title: str = "Reliability diagram") -> bytes:
@@ -108,7 +118,7 @@ def reliability_png(reliability: Mapping[str, Any], title: str = "Reliability di
 
     ``reliability`` is the dict from :func:`digitlab.evaluate.calibration.reliability_diagram`.
     """
-    plt = _plt()
+    plt = pyplot()
     lo = np.asarray(reliability["bin_lower"], dtype=float)
     hi = np.asarray(reliability["bin_upper"], dtype=float)
     acc = np.array([np.nan if a is None else a for a in reliability["accuracy"]], dtype=float)
@@ -134,7 +144,7 @@ def reliability_png(reliability: Mapping[str, Any], title: str = "Reliability di
     axc.set_yscale("log" if count.max(initial=0) > 100 else "linear")
     axc.set_xlabel("confidence")
     axc.set_ylabel("samples")
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def misclassified_grid_png(images: ArrayLike, true: Sequence[int], pred: Sequence[int],
@@ -142,7 +152,7 @@ def misclassified_grid_png(images: ArrayLike, true: Sequence[int], pred: Sequenc
                            ncols: int = 8, title: str = "Misclassified examples",
                            notes: Sequence[str] | None = None) -> bytes:
     """Grid of images titled ``"true→pred (conf%)"``, with ``notes[k]`` as a second line if given."""
-    plt = _plt()
+    plt = pyplot()
     imgs = _images(images)
     n = len(imgs)
     ncols = max(1, min(ncols, n)) if n else 1
@@ -160,13 +170,13 @@ def misclassified_grid_png(images: ArrayLike, true: Sequence[int], pred: Sequenc
             note = f"\n{notes[k]}" if notes is not None else ""
             ax.set_title(f"{tn}→{pn} ({100 * float(confidence[k]):.0f}%){note}", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def confidence_hist_png(correct: ArrayLike, wrong: ArrayLike, bins: int = 20,
                         title: str = "Confidence: right vs wrong") -> bytes:
     """Overlaid histograms (density) of max-probability confidence for right and wrong predictions."""
-    plt = _plt()
+    plt = pyplot()
     c, w = to_numpy(correct).ravel(), to_numpy(wrong).ravel()
     edges = np.linspace(0, 1, bins + 1)
     fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -179,7 +189,7 @@ def confidence_hist_png(correct: ArrayLike, wrong: ArrayLike, bins: int = 20,
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def heatmap_grid_png(images: ArrayLike, maps: ArrayLike, titles: Sequence[str] | None = None,
@@ -190,14 +200,14 @@ def heatmap_grid_png(images: ArrayLike, maps: ArrayLike, titles: Sequence[str] |
     ``signed=True`` uses a diverging colour scale centred on 0 (for IG attributions
     or occlusion drops that can be negative).
     """
-    plt = _plt()
+    plt = pyplot()
     imgs, m = _images(images), to_numpy(maps).astype(np.float32)
     if m.ndim == 4:
         m = m[:, 0]
     n = len(imgs)
     ncols = max(1, min(ncols, n)) if n else 1
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, 2 * ncols, figsize=(2.6 * ncols, 1.45 * nrows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(nrows, 2 * ncols, figsize=(2.6 * ncols, 1.45 * nrows + 0.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for k in range(n):
@@ -212,13 +222,13 @@ def heatmap_grid_png(images: ArrayLike, maps: ArrayLike, titles: Sequence[str] |
         if titles is not None:
             a_img.set_title(str(titles[k]), fontsize=8)
     fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def curves_png(x: Sequence[float], curves: Mapping[str, Sequence[float]], xlabel: str,
                ylabel: str = "accuracy", title: str = "", percent: bool = True) -> bytes:
     """Line chart of several named curves over the same ``x`` (robustness vs noise / angle / shift)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     scale = 100.0 if percent else 1.0
     for name, ys in curves.items():
@@ -229,7 +239,7 @@ def curves_png(x: Sequence[float], curves: Mapping[str, Sequence[float]], xlabel
     ax.grid(alpha=0.3)
     if len(curves) > 1 or any(curves):
         ax.legend(fontsize=8)
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def noise_curve_png(stds: Sequence[float], curves: Mapping[str, Sequence[float]],
@@ -241,7 +251,7 @@ def noise_curve_png(stds: Sequence[float], curves: Mapping[str, Sequence[float]]
 def training_curves_png(history: Sequence[Mapping[str, Any]], title: str = "Training curves") -> bytes:
     """Loss, accuracy and learning rate per epoch from ``[{epoch, train_loss, train_acc, val_loss,
     val_acc, lr}, ...]`` (missing keys or None values are skipped)."""
-    plt = _plt()
+    plt = pyplot()
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
 
     def series(key: str) -> tuple[list, list]:
@@ -268,7 +278,7 @@ def training_curves_png(history: Sequence[Mapping[str, Any]], title: str = "Trai
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
@@ -289,7 +299,7 @@ def pareto_png(points: Sequence[Mapping[str, Any]], title: str = "Accuracy vs co
     missing / None cost leaves the point out of that panel. The Pareto front
     (fewer parameters or lower latency *and* higher accuracy) is drawn as a line.
     """
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "parameters", "parameters (log scale)"),
                            (axes[1], "latency_ms", "latency at batch 1, ms (log scale)")):
@@ -310,7 +320,7 @@ def pareto_png(points: Sequence[Mapping[str, Any]], title: str = "Accuracy vs co
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def bar_errorbars_png(labels: Sequence[str], means: Sequence[float], errors: Sequence[float | None],
@@ -320,7 +330,7 @@ def bar_errorbars_png(labels: Sequence[str], means: Sequence[float], errors: Seq
 
     ``zoom=True`` starts the y axis just below the smallest bar so small differences stay visible.
     """
-    plt = _plt()
+    plt = pyplot()
     m = np.asarray(means, dtype=float) * scale
     e = np.asarray([0.0 if v is None else v for v in errors], dtype=float) * scale
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(labels)), 3.6))
@@ -335,4 +345,4 @@ def bar_errorbars_png(labels: Sequence[str], means: Sequence[float], errors: Seq
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return fig_to_png(fig)

@@ -1,7 +1,11 @@
 """Robustness: accuracy under Gaussian pixel noise, rotation and translation.
 
-Perturbations are applied to whole batches with torch ops (``affine_grid`` +
-``grid_sample`` for geometry), on the model's device, in ``torch.inference_mode``.
+Perturbations are applied to whole batches with torch ops, on the model's
+device: rotations with the augmentation warp (:func:`digitlab.data.augment.warp`,
+the same affine convention as training-time augmentation), translations with
+:func:`digitlab.data.augment.shift_images` (exact copies for whole pixels). The
+perturbed images are scored by the one batched forward pass,
+:func:`digitlab.models.forward.predict_logits`.
 
 Noise uses *common random numbers*: one standard-normal tensor ``z`` is drawn
 from ``seed`` for the whole set and every level uses ``clip(x + std·z, 0, 1)``,
@@ -23,44 +27,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from digitlab.evaluate.inference import as_float_batch, model_device
+from digitlab.data.augment import affine_matrices, shift_images, warp
+from digitlab.models.forward import as_float_batch, model_device, predict_logits
 
 DEFAULT_STDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 DEFAULT_ANGLES = (-45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0)
 DEFAULT_SHIFTS = (0, 1, 2, 3, 4)
 DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
 
-
-def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    grid = F.affine_grid(theta.to(x.dtype).expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+Transform = Callable[[torch.Tensor, slice], torch.Tensor]
+"""``transform(x_batch, batch_slice)``: a perturbation of a float ``N×1×H×W`` batch."""
 
 
 def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     """Rotate float ``N×1×H×W`` images about their centre, counter-clockwise for positive degrees.
 
-    Corners that come from outside the image are filled with 0 (background).
+    Bilinear, through the augmentation warp; corners that come from outside the
+    image are filled with 0 (background).
     """
-    a = math.radians(degrees)
-    # grid_sample maps output coords to input coords, so use the inverse rotation;
-    # with y pointing down, [[cos, -sin], [sin, cos]] here turns content counter-clockwise.
-    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
-                         device=x.device)
-    return _affine(x, theta) if degrees % 360 else x.clone()
-
-
-def shift(x: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
-    """Translate float ``N×1×H×W`` images by ``dx`` pixels right and ``dy`` pixels down (0 fill)."""
-    h, w = x.shape[-2:]
-    theta = torch.tensor([[1.0, 0.0, -2.0 * dx / w], [0.0, 1.0, -2.0 * dy / h]], device=x.device)
-    return _affine(x, theta)
+    if not degrees % 360:
+        return x.clone()
+    n = x.shape[0]
+    one, zero = torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    theta = affine_matrices(torch.full((n,), math.radians(degrees), dtype=torch.float64), one, zero, zero, zero)
+    return warp(x, theta)
 
 
 def gaussian_noise(x: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -70,27 +67,38 @@ def gaussian_noise(x: torch.Tensor, std: float, generator: torch.Generator | Non
 
 
 def transformed_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                         transform: Callable[[torch.Tensor, slice], torch.Tensor],
-                         batch_size: int = 1000) -> float:
+                         transform: Transform, batch_size: int = 1000) -> float:
     """Accuracy of ``model`` on ``transform(x_batch, batch_slice)`` over the whole set, batched.
 
     ``transform`` receives the float batch on the model's device and the slice of
-    the dataset it covers (so per-sample noise can be indexed consistently).
+    the dataset it covers (so per-sample noise can be indexed consistently); the
+    perturbed batch is scored with :func:`~digitlab.models.forward.predict_logits`.
     """
     dev = model_device(model)
-    was = model.training
-    model.eval()
     correct = 0
-    try:
+    for s in range(0, images.shape[0], batch_size):
+        sl = slice(s, s + batch_size)
         with torch.inference_mode():
-            for s in range(0, images.shape[0], batch_size):
-                sl = slice(s, s + batch_size)
-                x = as_float_batch(images[sl]).to(dev)
-                pred = model(transform(x, sl)).argmax(dim=1).cpu()
-                correct += int((pred == labels[sl].cpu()).sum())
-    finally:
-        model.train(was)
+            x = transform(as_float_batch(images[sl]).to(dev), sl)
+        pred = predict_logits(model, x, batch_size=batch_size).argmax(dim=1)
+        correct += int((pred == labels[sl].cpu()).sum())
     return correct / max(1, images.shape[0])
+
+
+def _identity(x: torch.Tensor, sl: slice) -> torch.Tensor:
+    return x
+
+
+def _noisy(x: torch.Tensor, sl: slice, z: torch.Tensor, std: float) -> torch.Tensor:
+    return (x + std * z[sl].to(x.device)).clamp_(0.0, 1.0) if std else x
+
+
+def _rotated(x: torch.Tensor, sl: slice, degrees: float) -> torch.Tensor:
+    return rotate(x, degrees)
+
+
+def _shifted(x: torch.Tensor, sl: slice, dx: float, dy: float) -> torch.Tensor:
+    return shift_images(x, dx, dy)
 
 
 def robustness_score(stds: Sequence[float], accuracies: Sequence[float],
@@ -127,14 +135,10 @@ def noise_robustness(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     """
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn((images.shape[0], 1, *images.shape[-2:]), generator=gen)
-    accs = []
-    for std in stds:
-        def noisy(x: torch.Tensor, sl: slice, std: float = float(std)) -> torch.Tensor:
-            return (x + std * z[sl].to(x.device)).clamp_(0.0, 1.0) if std else x
-
-        accs.append(transformed_accuracy(model, images, labels, noisy, batch_size))
+    accs = [transformed_accuracy(model, images, labels, partial(_noisy, z=z, std=float(std)), batch_size)
+            for std in stds]
     clean = accs[list(stds).index(0.0)] if 0.0 in list(stds) else \
-        transformed_accuracy(model, images, labels, lambda x, sl: x, batch_size)
+        transformed_accuracy(model, images, labels, _identity, batch_size)
     score = robustness_score(stds, accs, clean) if len(stds) >= 2 and clean > 0 else None
     return {"std": [float(s) for s in stds], "accuracy": accs, "clean_accuracy": clean,
             "score": score, "seed": int(seed)}
@@ -146,7 +150,7 @@ def rotation_robustness(model: nn.Module, images: torch.Tensor, labels: torch.Te
 
     Returns ``{"angle": [...], "accuracy": [...]}``.
     """
-    accs = [transformed_accuracy(model, images, labels, lambda x, sl, a=float(a): rotate(x, a), batch_size)
+    accs = [transformed_accuracy(model, images, labels, partial(_rotated, degrees=float(a)), batch_size)
             for a in angles]
     return {"angle": [float(a) for a in angles], "accuracy": accs}
 
@@ -161,13 +165,12 @@ def shift_robustness(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     by_dir: dict[str, list[float]] = {d: [] for d in DIRECTIONS}
     for px in shifts:
         if px == 0:  # all four directions are the clean set
-            clean = transformed_accuracy(model, images, labels, lambda x, sl: x, batch_size)
+            clean = transformed_accuracy(model, images, labels, _identity, batch_size)
             for name in DIRECTIONS:
                 by_dir[name].append(clean)
             continue
         for name, (ux, uy) in DIRECTIONS.items():
             by_dir[name].append(transformed_accuracy(
-                model, images, labels, lambda x, sl, dx=ux * px, dy=uy * px: shift(x, dx, dy),
-                batch_size))
+                model, images, labels, partial(_shifted, dx=ux * px, dy=uy * px), batch_size))
     mean = [float(np.mean([by_dir[d][i] for d in DIRECTIONS])) for i in range(len(shifts))]
     return {"shift": [float(s) for s in shifts], "accuracy": mean, "by_direction": by_dir}

@@ -4,7 +4,10 @@ All three work on batches: images are uint8 ``N×28×28`` (dataset layout) or
 float ``N×1×28×28`` / ``N×28×28`` in [0, 1]; ``targets`` are the classes to
 explain (None = the model's own prediction). Results are numpy ``N×28×28``
 maps. The model runs on its own device, in eval mode, with batched forward
-passes — never one call per pixel, patch or path step.
+passes — never one call per pixel, patch or path step. Forward passes that need
+no gradient (predictions, occlusion scores, the end points of the IG path) go
+through :func:`digitlab.models.forward.predict_logits` / ``predict_proba``;
+only the gradient passes run the model directly.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from digitlab.evaluate.inference import as_float_batch, model_device, predict_logits
+from digitlab.models.forward import as_float_batch, model_device, predict_logits, predict_proba
 
 
 def _prepare(model: nn.Module, images: torch.Tensor, targets: Any | None
@@ -42,6 +45,20 @@ def _target_output(model: nn.Module, x: torch.Tensor, t: torch.Tensor, output: s
     if output == "prob":
         return torch.softmax(logits, dim=1).gather(1, t[:, None]).squeeze(1)
     raise ValueError(f"output must be 'logit' or 'prob', got {output!r}")
+
+
+def _target_values(model: nn.Module, x: torch.Tensor, t: torch.Tensor, output: str,
+                   batch_size: int) -> torch.Tensor:
+    """``f_t(x)`` for every image without gradients (CPU), through the one batched forward pass."""
+    if output == "logit":
+        scores = predict_logits(model, x, batch_size=batch_size)
+    elif output == "prob":
+        scores = predict_proba(model, x, batch_size=batch_size)
+    else:
+        raise ValueError(f"output must be 'logit' or 'prob', got {output!r}")
+    if scores.shape[0] == 0:
+        return torch.zeros(0)
+    return scores.gather(1, t.cpu()[:, None]).squeeze(1)
 
 
 def _grad_batch(model: nn.Module, x: torch.Tensor, t: torch.Tensor, output: str = "logit"
@@ -111,17 +128,13 @@ def occlusion(model: nn.Module, images: torch.Tensor, targets: Any | None = None
     npos = masks.shape[0]
     dev = model_device(model)
     x_dev, t_dev, m_dev = x.to(dev), t.to(dev), masks.to(dev)
-    with _EvalMode(model), torch.inference_mode():
-        base = torch.cat([torch.softmax(model(x_dev[s:s + batch_size]), 1)
-                          .gather(1, t_dev[s:s + batch_size, None]).squeeze(1)
-                          for s in range(0, n, batch_size)]) if n else torch.zeros(0, device=dev)
-        probs = torch.empty(n * npos, device=dev)
-        for s in range(0, n * npos, batch_size):
-            flat = torch.arange(s, min(s + batch_size, n * npos), device=dev)
-            img, pos = flat // npos, flat % npos
-            variants = torch.where(m_dev[pos][:, None], torch.tensor(baseline, device=dev), x_dev[img])
-            probs[s:s + flat.numel()] = torch.softmax(model(variants), 1).gather(
-                1, t_dev[img][:, None]).squeeze(1)
+    base = _target_values(model, x_dev, t_dev, "prob", batch_size).to(dev)
+    probs = torch.empty(n * npos, device=dev)
+    for s in range(0, n * npos, batch_size):
+        flat = torch.arange(s, min(s + batch_size, n * npos), device=dev)
+        img, pos = flat // npos, flat % npos
+        variants = torch.where(m_dev[pos][:, None], torch.tensor(baseline, device=dev), x_dev[img])
+        probs[s:s + flat.numel()] = _target_values(model, variants, t_dev[img], "prob", batch_size).to(dev)
     drop = (base[:, None] - probs.view(n, npos)).cpu()
     coverage = masks.sum(0).clamp_min(1).float()
     pixel_map = torch.einsum("np,pxy->nxy", drop, masks.float()) / coverage
@@ -191,11 +204,8 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, targets: Any | 
             pts = bd[img] + a * (xd[img] - bd[img])
             g, _ = _grad_batch(model, pts, td[img], output)
             avg_grad.index_add_(0, img, g * w_dev[k].view(-1, 1, 1, 1))
-        with torch.inference_mode():
-            f_x = torch.cat([_target_output(model, xd[s:s + batch_size], td[s:s + batch_size], output)
-                             for s in range(0, n, batch_size)]) if n else torch.zeros(0)
-            f_b = torch.cat([_target_output(model, bd[s:s + batch_size], td[s:s + batch_size], output)
-                             for s in range(0, n, batch_size)]) if n else torch.zeros(0)
+    f_x = _target_values(model, xd, td, output, batch_size).to(dev)
+    f_b = _target_values(model, bd, td, output, batch_size).to(dev)
     attr = ((xd - bd) * avg_grad)[:, 0]
     delta = attr.sum(dim=(1, 2)) - (f_x - f_b)
     return {"attributions": attr.cpu().numpy(), "delta": delta.cpu().numpy(),

@@ -4,6 +4,10 @@
 ``total_seconds`` is the whole run including loading the dataset, building the
 model and scoring the test set. ``run_bench_vs`` alternates two recipes seed by
 seed, so both see the same machine state, and reports the ratio of medians.
+
+Every recipe trains and scores on the dataset it is given (``mnist`` by default,
+``fashion-mnist`` with ``--dataset``); an engine recipe's run directory records
+that dataset in its ``config.yaml`` like any other run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 
 from digitlab.bench.plain import PLAIN, REFERENCE, PlainRecipe, train_plain
+from digitlab.data.dataset import Dataset
 from digitlab.errors import ConfigError
 from digitlab.train.config import TrainConfig
 
@@ -72,20 +77,21 @@ def get_recipe(name: str) -> Recipe:
         raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}") from None
 
 
-def run_once(recipe: Recipe, seed: int, dataset: Any = None, data_dir: str | None = None,
-             epochs: int | None = None, out: str | None = None) -> dict[str, Any]:
-    """Train ``recipe`` with ``seed``; returns test accuracy and timings."""
+def run_once(recipe: Recipe, seed: int, dataset: Dataset | str = "mnist", data_dir: str | None = None,
+             epochs: int | None = None, out: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Train ``recipe`` with ``seed`` on ``dataset`` (a loaded Dataset or a name); returns accuracy and timings."""
     from digitlab.data import load_dataset
 
     t0 = time.perf_counter()
-    ds = dataset if dataset is not None else load_dataset("mnist", data_dir, progress=False)
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir, progress=False)
     if recipe.plain is not None:
-        result = train_plain(recipe.plain, ds, seed, epochs=epochs)
+        result = train_plain(recipe.plain, ds, seed, epochs=epochs, device=device)
         result["total_seconds"] = time.perf_counter() - t0
         return {"seed": seed, **result}
     from digitlab.train.run import train_run
 
-    cfg = recipe.config.override(seed=seed, epochs=epochs)
+    assert recipe.config is not None
+    cfg = recipe.config.override(seed=seed, epochs=epochs, dataset=ds.name, device=device)
     run_dir = os.path.join(out, f"{recipe.name}-seed{seed}") if out else None
     res = train_run(cfg, run_dir, dataset=ds, progress=False)
     return {"seed": seed, "test_accuracy": res.metrics["test_accuracy"],
@@ -104,39 +110,52 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "total_seconds": stats("total_seconds")}
 
 
-def run_bench(name: str, seeds: int = 1, first_seed: int = 0, data_dir: str | None = None,
-              epochs: int | None = None, out: str | None = None,
+def _check_args(seeds: int, device: str) -> None:
+    """Usage errors before any work: no half-made run directory for --device cuda without CUDA."""
+    from digitlab.utils import resolve_device
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    resolve_device(device)
+
+
+def run_bench(name: str, seeds: int = 1, seed: int = 0, dataset: str = "mnist", data_dir: str | None = None,
+              epochs: int | None = None, out: str | None = None, device: str = "auto",
               on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train recipe ``name`` with ``seeds`` seeds starting at ``seed`` on ``dataset``; mean ± std."""
     from digitlab.data import load_dataset
 
+    _check_args(seeds, device)
     recipe = get_recipe(name)
-    ds = load_dataset("mnist", data_dir, progress=False)
+    ds = load_dataset(dataset, data_dir, progress=False)
     runs = []
-    for seed in range(first_seed, first_seed + seeds):
-        runs.append(run_once(recipe, seed, ds, epochs=epochs, out=out))
+    for s in range(seed, seed + seeds):
+        runs.append(run_once(recipe, s, ds, epochs=epochs, out=out, device=device))
         if on_run:
             on_run({"recipe": name, **runs[-1]})
-    return {"recipe": name, "description": recipe.description, "runs": runs,
+    return {"recipe": name, "description": recipe.description, "dataset": ds.name, "runs": runs,
             "summary": summarise(runs), "machine": machine_info()}
 
 
-def run_bench_vs(name: str, other: str, seeds: int = 1, first_seed: int = 0, data_dir: str | None = None,
-                 epochs: int | None = None, out: str | None = None,
-                 on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Alternate ``name`` and ``other`` seed by seed; ratio of median training times."""
+def run_bench_vs(name: str, other: str, seeds: int = 1, seed: int = 0, dataset: str = "mnist",
+                 data_dir: str | None = None, epochs: int | None = None, out: str | None = None,
+                 device: str = "auto", on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Alternate ``name`` and ``other`` seed by seed on ``dataset``; ratio of median training times."""
     from digitlab.data import load_dataset
 
+    _check_args(seeds, device)
     a, b = get_recipe(name), get_recipe(other)
-    ds = load_dataset("mnist", data_dir, progress=False)
-    runs_a, runs_b = [], []
-    for seed in range(first_seed, first_seed + seeds):
+    ds = load_dataset(dataset, data_dir, progress=False)
+    runs_a: list[dict[str, Any]] = []
+    runs_b: list[dict[str, Any]] = []
+    for s in range(seed, seed + seeds):
         for recipe, runs in ((a, runs_a), (b, runs_b)):
-            runs.append(run_once(recipe, seed, ds, epochs=epochs if recipe is a else None, out=out))
+            runs.append(run_once(recipe, s, ds, epochs=epochs if recipe is a else None, out=out, device=device))
             if on_run:
                 on_run({"recipe": recipe.name, **runs[-1]})
     sa, sb = summarise(runs_a), summarise(runs_b)
     return {
-        "recipe": name, "description": a.description, "runs": runs_a, "summary": sa,
+        "recipe": name, "description": a.description, "dataset": ds.name, "runs": runs_a, "summary": sa,
         "vs": {"recipe": other, "description": b.description, "runs": runs_b, "summary": sb},
         "ratio_median_train_seconds": sa["train_seconds"]["median"] / sb["train_seconds"]["median"],
         "machine": machine_info(),

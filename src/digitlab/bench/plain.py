@@ -52,11 +52,18 @@ class _Standardised(torch.nn.Module):
         return self.inner(x * STD + MEAN)
 
 
-def train_plain(recipe: PlainRecipe, dataset: Dataset, seed: int, epochs: int | None = None
-                ) -> dict[str, float]:
-    """Train with the plain loop; returns test accuracy and timings."""
-    from digitlab.models import create_model
+def train_plain(recipe: PlainRecipe, dataset: Dataset, seed: int, epochs: int | None = None,
+                device: str = "auto") -> dict[str, float]:
+    """Train with the plain loop on ``dataset`` (any MNIST-format dataset); returns test accuracy and timings.
 
+    The test set is scored with digitlab's one batched forward pass on the inner model
+    (which takes [0, 1] pixels, so the standardisation is not needed there).
+    """
+    from digitlab.models import create_model
+    from digitlab.models.forward import predict_logits
+    from digitlab.utils import resolve_device
+
+    dev = resolve_device(device)
     t_total = time.perf_counter()
     torch.manual_seed(seed)
     epochs = epochs or recipe.epochs
@@ -64,7 +71,9 @@ def train_plain(recipe: PlainRecipe, dataset: Dataset, seed: int, epochs: int | 
     loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     inner = create_model(recipe.model)
-    model = _Standardised(inner)
+    model = _Standardised(inner).to(dev)
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
     if recipe.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)
     else:
@@ -78,6 +87,7 @@ def train_plain(recipe: PlainRecipe, dataset: Dataset, seed: int, epochs: int | 
     for _ in range(epochs):
         model.train()
         for x, y in loader:
+            x, y = x.to(dev), y.to(dev)
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
@@ -87,13 +97,8 @@ def train_plain(recipe: PlainRecipe, dataset: Dataset, seed: int, epochs: int | 
         if recipe.schedule != "onecycle":
             sched.step()
     train_seconds = time.perf_counter() - t_train
-    model.eval()
-    correct = 0
-    with torch.inference_mode():
-        test_x = _normalised(dataset.test_images)
-        for start in range(0, test_x.shape[0], 1000):
-            pred = model(test_x[start:start + 1000]).argmax(1)
-            correct += int((pred == dataset.test_labels[start:start + 1000]).sum())
+    pred = predict_logits(inner, dataset.test_images, batch_size=1000).argmax(1)
+    correct = int((pred == dataset.test_labels).sum())
     return {"test_accuracy": correct / dataset.test_labels.numel(), "train_seconds": train_seconds,
             "total_seconds": time.perf_counter() - t_total, "epochs": epochs}
 

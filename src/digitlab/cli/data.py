@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
-from digitlab.cli import HelpFormatter, add_data_args
+from digitlab.cli import HelpFormatter, add_data_args, add_json_arg, add_quiet_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,12 +17,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "  digitlab data download --dataset fashion-mnist\n"
                               "  digitlab data download --data-dir data/mnist --mirror http://host/mnist/")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    for name, fn, text in (("info", _info, "counts per split and class"),
-                           ("verify", _verify, "check every file's checksum and structure"),
-                           ("download", _download, "fetch missing files from the mirrors")):
-        q = dsub.add_parser(name, help=text, formatter_class=HelpFormatter)
+    actions = (
+        ("info", _info, "counts per split and class", "the counts",
+         "  digitlab data info --dataset fashion-mnist\n  digitlab data info --data-dir DIR --json"),
+        ("verify", _verify, "check every file's checksum and structure", "the verified files",
+         "  digitlab data verify\n  digitlab data verify --data-dir ../shared/data/mnist --json"),
+        ("download", _download, "fetch missing files from the mirrors", "where the files are",
+         "  digitlab data download --dataset fashion-mnist\n"
+         "  digitlab data download --data-dir data/mnist --mirror http://host/mnist/"),
+    )
+    for name, fn, text, what, examples in actions:
+        q = dsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                            formatter_class=HelpFormatter, epilog=f"examples:\n{examples}")
         add_data_args(q)
-        q.add_argument("--json", action="store_true", help="machine-readable output")
+        add_json_arg(q, what)
+        if name != "verify":
+            add_quiet_arg(q)
         if name == "download":
             q.add_argument("--mirror", action="append", default=None, metavar="URL",
                            help="base URL to fetch the files from instead of the built-in mirrors "
@@ -32,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _info(args: argparse.Namespace) -> int:
     from digitlab.data import class_counts, load_dataset
 
-    ds = load_dataset(args.dataset, args.data_dir, progress=not args.json)
-    info = {
+    ds = load_dataset(args.dataset, args.data_dir, progress=not (args.json or args.quiet))
+    info: dict[str, Any] = {
         "dataset": ds.name,
         "splits": {
             split: {"count": int(ds.split(split)[1].numel()),
@@ -74,7 +85,7 @@ def _download(args: argparse.Namespace) -> int:
     from digitlab.data.resolve import resolve_files
 
     mirrors = tuple(args.mirror) if args.mirror else None
-    resolved = resolve_files(args.dataset, args.data_dir, download=True, progress=not args.json,
+    resolved = resolve_files(args.dataset, args.data_dir, download=True, progress=not (args.json or args.quiet),
                              mirrors=mirrors)
     result = {"dataset": args.dataset, "source": str(resolved.directory), "origin": resolved.origin,
               "files": {k: str(v) for k, v in resolved.paths.items()}}

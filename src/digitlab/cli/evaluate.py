@@ -8,11 +8,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from digitlab.cli import HelpFormatter
+from digitlab.cli import (
+    HelpFormatter,
+    add_data_args,
+    add_device_arg,
+    add_json_arg,
+    add_model_arg,
+    add_quiet_arg,
+    model_from_args,
+)
 
-EPILOG = """examples:
+EPILOG = """MODEL is scored on the dataset it was trained on (from its checkpoint) unless --dataset says otherwise.
+
+examples:
+  digitlab evaluate default --json                  # the shipped model
   digitlab evaluate runs/a
-  digitlab evaluate runs/a --json > runs/a/eval.json
+  digitlab evaluate --model runs/a --json > eval.json
   digitlab evaluate runs/a/model.safetensors --split train --no-speed
   digitlab evaluate runs/a --plots runs/a/eval-plots
 """
@@ -23,20 +34,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Accuracy, loss, top-k, per-class precision/recall/F1, confusion "
                                    "matrix, calibration (ECE) and inference speed of a saved model.",
                        formatter_class=HelpFormatter, epilog=EPILOG)
-    p.add_argument("run", metavar="RUN", help="run directory or .safetensors checkpoint")
-    p.add_argument("--dataset", default=None,
-                   help="dataset name (mnist, fashion-mnist); None = the one the run was trained on")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with the four IDX files (default: $DIGITLAB_DATA_DIR, cache, system dir)")
+    add_model_arg(p, positional=True)
+    add_data_args(p, from_run=True)
     p.add_argument("--split", choices=("test", "train"), default="test", help="split to evaluate on")
-    p.add_argument("--json", action="store_true", help="print the full result as JSON")
-    p.add_argument("--no-speed", action="store_true", help="skip latency/throughput measurements")
-    p.add_argument("--speed-repeats", type=int, default=50, help="timed batch-1 runs for latency")
+    p.add_argument("--no-speed", action="store_true", help="skip the latency/throughput measurements")
+    p.add_argument("--speed-repeats", type=int, default=50,
+                   help="timed batch-1 calls for latency, spread over 5 rounds")
     p.add_argument("--plots", metavar="DIR", default=None,
-                   help="write confusion matrix, per-class and reliability PNGs to this new folder")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--batch-size", type=int, default=1000, help="inference batch size")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples (None = all)")
+                   help="write confusion-matrix, per-class and reliability PNGs to this new folder")
+    add_device_arg(p)
+    p.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
+    add_quiet_arg(p)
+    add_json_arg(p, "every metric")
     p.set_defaults(handler=run)
 
 
@@ -56,10 +66,11 @@ def run(args: argparse.Namespace) -> int:
         plots_dir = Path(args.plots)
         if plots_dir.exists() and (not plots_dir.is_dir() or any(plots_dir.iterdir())):
             ensure_new_dir(plots_dir, "plots directory")
-    result = evaluate_run(args.run, args.dataset, args.split, args.data_dir, device=args.device,
-                          batch_size=args.batch_size, speed=not args.no_speed,
-                          speed_repeats=args.speed_repeats, limit=args.limit,
-                          progress=not args.json and sys.stderr.isatty())
+    evaluation = evaluate_run(model_from_args(args), args.dataset, args.split, args.data_dir,
+                              device=args.device, batch_size=args.batch_size, speed=not args.no_speed,
+                              speed_repeats=args.speed_repeats, limit=args.limit,
+                              progress=not args.json and not args.quiet and sys.stderr.isatty())
+    result = evaluation.to_dict()
     if plots_dir is not None:
         result["plots"] = write_plots(result, plots_dir)
     if args.json:
@@ -74,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 def write_plots(result: dict[str, Any], out_dir: Path) -> list[str]:
     """Write the evaluation figures into a new ``out_dir``; returns the file paths."""
     from digitlab.analysis import plots
-    from digitlab.utils import ensure_new_dir, write_bytes_atomic
+    from digitlab.utils import ensure_new_dir, write_files_atomic
 
     out = ensure_new_dir(out_dir, "plots directory")
     figures = {
@@ -84,11 +95,7 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> list[str]:
         "reliability.png": plots.reliability_png(result["reliability"]),
         "per_class.png": plots.per_class_metrics_png(result["per_class"]),
     }
-    paths = []
-    for name, data in figures.items():
-        write_bytes_atomic(out / name, data)
-        paths.append(str(out / name))
-    return paths
+    return write_files_atomic(out, figures)
 
 
 def format_summary(r: dict[str, Any]) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from digitlab.cli import HelpFormatter, add_data_args
+from digitlab.cli import HelpFormatter, add_data_args, add_json_arg, add_quiet_arg
 
 EPILOG = """examples:
-  digitlab explore                              # MNIST, writes explore/
+  digitlab explore                              # MNIST, writes the new folder explore/
   digitlab explore --dataset fashion-mnist --out explore-fashion
+  digitlab explore --pixels 100 --out ex-100    # keep the 100 best F-test pixels
   digitlab explore --no-plots --json --out /tmp/ex   # numbers only, summary on stdout
 
 writes into --out (a new or empty folder): one PNG per figure (class_distribution,
@@ -27,11 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "examples of a dataset.",
                        formatter_class=HelpFormatter, epilog=EPILOG)
     add_data_args(p)
-    p.add_argument("--out", default="explore", help="output folder (must not exist or be empty)")
-    p.add_argument("--top-k", type=int, default=196, help="number of top F-test pixels to list")
+    p.add_argument("--out", default="explore", metavar="DIR",
+                   help="a new folder to write the PNGs and explore.json into (refused if it exists and "
+                        "is not empty)")
+    p.add_argument("--pixels", type=int, default=196, metavar="N",
+                   help="how many pixels with the highest F-test score to list and mark (notebook 000 "
+                        "keeps 196)")
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation examples")
     p.add_argument("--no-plots", action="store_true", help="write explore.json only, no figures")
-    p.add_argument("--json", action="store_true", help="print the JSON summary (no image-sized maps) on stdout")
+    add_json_arg(p, "the summary (every number except the image-sized maps)")
+    add_quiet_arg(p)
     p.set_defaults(handler=_explore)
 
 
@@ -39,10 +45,10 @@ def _explore(args: argparse.Namespace) -> int:
     from digitlab.analysis.explore import run_explore
     from digitlab.errors import ConfigError
 
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.pixels < 1:
+        raise ConfigError(f"--pixels must be >= 1, got {args.pixels}")
     result = run_explore(args.out, dataset=args.dataset, data_dir=args.data_dir, plots=not args.no_plots,
-                         progress=not args.json, top_k=args.top_k, seed=args.seed)
+                         progress=not (args.json or args.quiet), pixels=args.pixels, seed=args.seed)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -68,5 +74,5 @@ def _print_text(r: dict) -> None:
           f"(log10 p = {an['log10_p_value']:.1f})")
     ft = r["f_test"]
     print(f"F-test: {ft['pixels_scored']} pixels scored, max F {ft['max_f']:.1f}; "
-          f"top {ft['top_k']} kept (F >= {ft['top_k_min_f']:.1f})")
+          f"top {ft['pixels']} kept (F >= {ft['pixels_min_f']:.1f})")
     print(f"wrote {len(r['files'])} files to {r['out']} in {r['timings']['total_s']:.1f} s")

@@ -1,11 +1,11 @@
-"""``digitlab export``: a trained model as ONNX (fp32, optionally int8), verified on the test set."""
+"""``digitlab export``: a trained model as ONNX (fp32, optionally int8), verified on its own test set."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from digitlab.cli import HelpFormatter, add_data_args
+from digitlab.cli import HelpFormatter, add_data_args, add_device_arg, add_json_arg, add_model_arg, add_quiet_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,18 +13,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export", help="export a trained model to ONNX (fp32 / int8) and verify it",
         formatter_class=HelpFormatter,
         description="Export with torch.onnx (torch.export-based exporter, TorchScript fallback), check the "
-                    "graph with onnx.checker, and compare onnxruntime with PyTorch on the whole test set. "
-                    "--quantize int8 also writes a statically quantized copy (FILE.int8.onnx). "
-                    "Existing files are never overwritten.",
-        epilog="examples:\n  digitlab export runs/a --format onnx\n"
+                    "graph with onnx.checker, and compare onnxruntime with PyTorch on the whole test set of "
+                    "the model's own dataset (--dataset overrides it). --quantize int8 also writes a "
+                    "statically quantized copy (FILE.int8.onnx). Existing files are never overwritten. "
+                    "Needs the digitlab[onnx] extra.",
+        epilog="examples:\n  digitlab export default --out digits.onnx\n"
+               "  digitlab export runs/a --format onnx\n"
+               "  digitlab export runs/fashion --format onnx --json     # verified on Fashion-MNIST\n"
                "  digitlab export runs/a --format onnx --quantize int8 --json\n"
-               "  digitlab export model.safetensors --format onnx --out deploy/digits.onnx --benchmark")
-    p.add_argument("run", metavar="RUN", help="run directory or .safetensors checkpoint")
+               "  digitlab export --model model.safetensors --out deploy/digits.onnx --benchmark")
+    add_model_arg(p, positional=True, default=None)
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="also write an int8 model (static quantization calibrated on training images)")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="fp32 .onnx file (default: RUN/model.onnx); int8 goes next to it as FILE.int8.onnx")
+                   help="the fp32 .onnx FILE to write (a new file; default: RUN/model.onnx, ./default.onnx for "
+                        "the shipped model); int8 goes next to it as FILE.int8.onnx")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
                    help="torch exporter; auto = torch.export-based, TorchScript if that fails")
@@ -34,29 +38,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--benchmark", action="store_true",
                    help="also time eager PyTorch vs the ONNX models (batch-1 latency, throughput)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per backend for --benchmark")
-    add_data_args(p)
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_data_args(p, from_run=True)
+    add_device_arg(p)
+    add_json_arg(p, "the export report")
+    add_quiet_arg(p)
     p.set_defaults(handler=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
+    from digitlab.cli import model_from_args, require_extra
     from digitlab.errors import ConfigError
+
+    for module in ("onnx", "onnxruntime"):
+        require_extra(module, "onnx")
     from digitlab.inference.export import benchmark_inference, export_onnx
 
+    model = model_from_args(args)
     if args.calibration_size < 1 or args.threads < 1:
         raise ConfigError("--calibration-size and --threads must be positive")
-    report = export_onnx(args.run, args.out, quantize=args.quantize, opset=args.opset, exporter=args.exporter,
+    report = export_onnx(model, args.out, quantize=args.quantize, opset=args.opset, exporter=args.exporter,
                          verify=getattr(args, "verify", True), dataset=args.dataset, data_dir=args.data_dir,
-                         calibration_size=args.calibration_size, progress=not args.json)
+                         calibration_size=args.calibration_size, device=args.device,
+                         progress=not (args.json or args.quiet))
     if args.benchmark:
         models = {"onnx-fp32": report["onnx"]["path"]}
         if "int8" in report:
             models["onnx-int8"] = report["int8"]["path"]
-        report["benchmark"] = benchmark_inference(args.run, models, threads=args.threads)
+        report["benchmark"] = benchmark_inference(model, models, threads=args.threads)
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"exported {report['model']} with the {report['exporter']} exporter (opset {report['opset']}) "
+    print(f"exported {report['model']} ({report['dataset']} model) with the {report['exporter']} exporter "
+          f"(opset {report['opset']}) "
           f"-> {report['onnx']['path']} ({report['onnx']['bytes'] / 1024:.0f} KiB; "
           f"checkpoint {report['checkpoint_bytes'] / 1024:.0f} KiB)")
     if "exporter_fallback_reason" in report:

@@ -1,57 +1,123 @@
-"""``digitlab serve``: the REST API and the draw-a-digit page."""
+"""``digitlab serve``: the REST API and the draw-a-digit page (needs the ``digitlab[serve]`` extra)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from digitlab.cli import HelpFormatter
+from digitlab.cli import HelpFormatter, add_device_arg
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+TOKEN_ENV = "DIGITLAB_API_TOKEN"
+
+SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart")
+"""What ``digitlab[serve]`` installs (python-multipart imports as ``python_multipart``)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "serve", help="REST API + draw-a-digit web page", formatter_class=HelpFormatter,
+        "serve", help="REST API + draw-a-digit web page (needs digitlab[serve])", formatter_class=HelpFormatter,
         description="Serve a model over HTTP: POST /api/predict, GET /api/health, GET /api/models, "
-                    "the OpenAPI schema at /openapi.json and a page at / to draw digits on.",
+                    "the OpenAPI schema at /openapi.json and a page at / to draw on. Results carry the "
+                    "integer label and the class name of the model's dataset. Needs the digitlab[serve] extra.",
         epilog="examples:\n  digitlab serve                       # http://127.0.0.1:8000/\n"
                "  digitlab serve --model runs/a --port 8080\n"
-               "  digitlab serve --model model.onnx --max-upload-mb 2\n"
+               "  digitlab serve --model model.onnx --max-upload-mb 2   # .onnx needs digitlab[onnx] too\n"
+               "  DIGITLAB_API_TOKEN=s3cret digitlab serve --host 0.0.0.0 --allowed-host digits.example.org\n"
                "  curl -F file=@seven.png http://127.0.0.1:8000/api/predict")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (anything but localhost exposes the server to the network)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--model", default="default",
-                   help="'default' (shipped model), a run directory, a .safetensors or an .onnx file")
-    p.add_argument("--device", default="cpu", help="torch device for checkpoint models (cpu, cuda, auto)")
+                   help="'default' (the shipped model), a run directory, a .safetensors checkpoint or an "
+                        ".onnx file (needs digitlab[onnx])")
+    add_device_arg(p)
     p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest accepted image upload, in MiB")
     p.add_argument("--max-image-megapixels", type=float, default=40.0,
                    help="largest accepted decoded image size (decompression-bomb guard)")
+    p.add_argument("--max-decodes", type=int, default=2,
+                   help="pictures decoded at the same time (the others wait): bounds memory under load")
+    p.add_argument("--token", default=None, metavar="TOKEN",
+                   help=f"API token: /api/predict and /api/models then need 'Authorization: Bearer TOKEN' "
+                        f"(default: ${TOKEN_ENV}; required when --host is not a loopback address)")
+    p.add_argument("--no-token", action="store_true",
+                   help="serve a non-loopback address without an API token (anyone who can reach it may use it)")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="a Host header name to accept (repeatable; against DNS rebinding). Default: "
+                        "127.0.0.1, localhost and ::1 on a loopback address, any name otherwise")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a client has to send a request body (then 408)")
+    p.add_argument("--keep-alive", type=float, default=5.0,
+                   help="seconds an idle keep-alive connection stays open")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level")
     p.set_defaults(handler=_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+def check_port_free(host: str, port: int) -> None:
+    """A one-line error now, instead of uvicorn's log line and exit status 3, when the port is taken."""
+    import errno
+    import socket
 
     from digitlab.errors import ConfigError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: cannot resolve ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is already in use; choose another --port") from None
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from digitlab.cli import require_extra
+    from digitlab.errors import ConfigError
+
+    for module in SERVE_MODULES:
+        require_extra(module, "serve")
+    if args.model.lower().endswith(".onnx"):
+        require_extra("onnxruntime", "onnx")
+    import uvicorn
+
     from digitlab.inference import load_predictor
     from digitlab.serve import create_app
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: must be between 1 and 65535")
-    if args.max_upload_mb <= 0 or args.max_image_megapixels <= 0:
-        raise ConfigError("--max-upload-mb and --max-image-megapixels must be positive")
+    if min(args.max_upload_mb, args.max_image_megapixels, args.max_decodes, args.body_timeout,
+           args.keep_alive) <= 0:
+        raise ConfigError("--max-upload-mb, --max-image-megapixels, --max-decodes, --body-timeout and "
+                          "--keep-alive must be positive")
+    local = args.host in LOCAL_HOSTS
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    if args.no_token:
+        token = None
+    elif not local and not token:
+        raise ConfigError(f"--host {args.host} exposes the server to other machines: give an API token "
+                          f"(--token or ${TOKEN_ENV}), or --no-token to serve without one")
+    hosts = list(args.allowed_host or [])
+    allowed = (sorted(LOCAL_HOSTS) + hosts) if local else (hosts or None)
+    check_port_free(args.host, args.port)
     predictor = load_predictor(args.model, device=args.device)
     app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                     max_image_pixels=int(args.max_image_megapixels * 1_000_000))
-    if args.host not in LOCAL_HOSTS:
+                     max_image_pixels=int(args.max_image_megapixels * 1_000_000), max_decodes=args.max_decodes,
+                     body_timeout=args.body_timeout, api_token=token, allowed_hosts=allowed)
+    if not local and not token:
         print(f"digitlab: warning: binding to {args.host} makes the server reachable from other machines; "
-              "it has no authentication", file=sys.stderr)
+              "it has no authentication (--no-token)", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"digitlab: serving {predictor.info.get('model')} from {predictor.info.get('source')} "
-          f"at http://{host}:{args.port}/  (Ctrl-C to stop)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    print(f"digitlab: serving {predictor.info.get('model')} ({predictor.dataset}) from "
+          f"{predictor.info.get('source')} at http://{host}:{args.port}/  (Ctrl-C to stop)", file=sys.stderr)
+    if token:
+        print("digitlab: API token required; open the page as http://HOST:PORT/#token=TOKEN", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_keep_alive=max(1, round(args.keep_alive)))
     return 0

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from digitlab.cli import HelpFormatter, add_data_args
+from digitlab.cli import HelpFormatter, add_data_args, add_device_arg, add_json_arg, add_quiet_arg
+
+if TYPE_CHECKING:
+    from digitlab.train.config import TrainConfig
 
 EPILOG = """examples:
   digitlab train --model cnn-simple --epochs 1 --seed 0 --out runs/a
@@ -21,31 +25,34 @@ EPILOG = """examples:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model into a run directory", epilog=EPILOG,
                        formatter_class=HelpFormatter)
-    p.add_argument("--model", help="registered model name (see `digitlab models`)")
-    p.add_argument("--config", help="YAML config file or shipped recipe name")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adadelta"])
-    p.add_argument("--schedule", choices=["constant", "step", "exponential", "plateau", "cosine", "onecycle"])
+    p.add_argument("--model", help="registered model name (see `digitlab models`); default cnn-simple when "
+                                   "no --config is given")
+    p.add_argument("--config", help="YAML config file or shipped recipe name (see src/digitlab/configs)")
+    p.add_argument("--epochs", type=int, help="passes over the training split (default: the config's, 10)")
+    p.add_argument("--batch-size", type=int, help="images per optimizer step (default: the config's, 128)")
+    p.add_argument("--lr", type=float, help="base / peak learning rate (default: the config's, 0.003)")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adadelta"],
+                   help="optimizer (default: the config's, adam)")
+    p.add_argument("--schedule", choices=["constant", "step", "exponential", "plateau", "cosine", "onecycle"],
+                   help="learning-rate schedule (default: the config's, onecycle)")
     p.add_argument("--augment", action="store_true", default=None,
                    help="turn on batch augmentation (rotation/zoom/shift; tune with --set augment.X=...)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    p.add_argument("--seed", type=int, help="seed of initialisation, split, shuffling and dropout (default 0)")
+    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps; the LR schedule ends there")
     p.add_argument("--dry-run", action="store_true", help="two steps, to check everything runs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set label_smoothing=0.1")
-    p.add_argument("--out", help="run directory (default: runs/<model>-<time>); never overwritten")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+                   help="override any config field, e.g. --set label_smoothing=0.1 (repeatable)")
+    p.add_argument("--out", help="run folder to create (a new folder; default: runs/<model>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (DDP; gloo on CPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    add_device_arg(p)
+    add_quiet_arg(p)
+    add_json_arg(p, "the final metrics")
     add_data_args(p)
     p.set_defaults(handler=run)
 
 
-def build_config(args: argparse.Namespace):  # noqa: ANN201
+def build_config(args: argparse.Namespace) -> TrainConfig:
     from digitlab.errors import ConfigError
     from digitlab.train.config import TrainConfig, parse_set_option
     from digitlab.train.recipes import load_config
@@ -56,7 +63,8 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201
     from digitlab.data.augment import AugmentConfig
 
     changes = dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                   optimizer=args.optimizer, schedule=args.schedule, seed=args.seed, device=args.device,
+                   optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
+                   device=args.device if args.device != "auto" else None,
                    max_steps=args.max_steps, dataset=args.dataset if args.dataset != "mnist" else None)
     if args.augment and base.augment is None:
         changes["augment"] = AugmentConfig().to_dict()
@@ -80,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             from digitlab.train.run import default_run_dir
 
             out = str(default_run_dir(cfg))
-    progress = not args.no_progress and not args.json
+    progress = not args.quiet and not args.json
     try:
         import os
 

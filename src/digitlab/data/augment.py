@@ -194,6 +194,27 @@ def warp(x: torch.Tensor, theta: torch.Tensor, offsets: torch.Tensor | None = No
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def shift_images(x: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
+    """Translate a float batch ``…×H×W`` by ``dx`` pixels right and ``dy`` pixels down, filling with 0.
+
+    Whole-pixel shifts are exact copies (no resampling); fractional ones are bilinear (:func:`warp`).
+    """
+    if dx == 0 and dy == 0:
+        return x
+    h, w = x.shape[-2:]
+    if float(dx).is_integer() and float(dy).is_integer():
+        dx, dy = int(dx), int(dy)
+        out = torch.zeros_like(x)
+        if abs(dx) >= w or abs(dy) >= h:
+            return out
+        ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+        xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+        out[..., yd, xd] = x[..., ys, xs]
+        return out
+    theta = torch.tensor([[1.0, 0.0, -2.0 * dx / w], [0.0, 1.0, -2.0 * dy / h]]).expand(x.shape[0], 2, 3)
+    return warp(x, theta)
+
+
 class BatchAugmenter:
     """Callable wrapper so a config can be passed where an ``AugmentFn`` is expected."""
 

@@ -75,8 +75,11 @@ def _cache_dir(name: str, key: dict[str, list] | None = None) -> Path:
 
 
 def _load_cached(name: str, key: dict[str, list], spec: DatasetSpec | None = None
-                 ) -> dict[str, np.ndarray] | None:
-    """The cached arrays for ``key``; None when absent, stale, damaged or (with ``spec``) unverified."""
+                 ) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+    """The cached arrays for ``key`` and their raw-file checksums.
+
+    None when absent, stale, damaged or (with ``spec``) unverified.
+    """
     folder = _cache_dir(name, key)
     try:
         meta = json.loads((folder / "manifest.json").read_text())
@@ -102,8 +105,7 @@ def _load_cached(name: str, key: dict[str, list], spec: DatasetSpec | None = Non
     for split in ("train", "test"):
         if arrays[f"{split}_images"].shape[0] != arrays[f"{split}_labels"].shape[0]:
             return None
-    arrays["_checksums"] = checksums  # type: ignore[assignment]
-    return arrays
+    return arrays, {str(k): str(v) for k, v in checksums.items()}
 
 
 def _store_cache(name: str, key: dict[str, list], arrays: dict[str, np.ndarray],
@@ -182,8 +184,7 @@ def load_dataset(
     key = _file_key(resolved.paths)
     cached = _load_cached(name, key, resolved.spec if verify else None) if use_cache else None
     if cached is not None:
-        checksums = cached.pop("_checksums")  # type: ignore[arg-type]
-        arrays = cached
+        arrays, checksums = cached
     else:
         arrays, checksums = parse_files(resolved.spec, resolved.paths, verify=verify)
         if use_cache:

@@ -3,6 +3,11 @@
 Layout: two zero bytes, a dtype code, the number of dimensions, then one
 big-endian uint32 per dimension, then the row-major payload (big-endian).
 Every check failure raises :class:`DataError` naming the file.
+
+Size bounds: a file never yields more than :data:`MAX_IDX_BYTES` of content.
+A gzip stream is inflated a chunk at a time and stopped as soon as it goes past
+the size its own IDX header declares (or past the cap), so a small gzip bomb
+costs at most one chunk more than the header's size, never gigabytes.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import gzip
 import hashlib
 import math
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -31,6 +37,11 @@ IDX_DTYPES: dict[int, np.dtype] = {
 }
 _CODES = {np.dtype(v).newbyteorder("="): k for k, v in IDX_DTYPES.items()}
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_IDX_BYTES = 1 << 30
+"""Hard cap on an IDX file's (decompressed) content: 1 GiB (MNIST's largest file is 47 MB,
+EMNIST ByClass's 547 MB)."""
+_CHUNK = 1 << 20
+"""Inflate output per step (1 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +52,85 @@ class IdxFile:
     raw_sha256: str
 
 
-def read_raw_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Return the decompressed content of an IDX file (gzip detected by magic bytes)."""
+def _declared_size(head: bytes) -> int | None:
+    """Total bytes (header + payload) an IDX header declares; None until ``head`` holds the whole
+    header, or when it is not a valid header at all (:func:`parse_idx` then reports why)."""
+    if len(head) < 4:
+        return None
+    zero, code, dims = struct.unpack(">HBB", head[:4])
+    if zero != 0 or code not in IDX_DTYPES or dims == 0:
+        return -1
+    header_len = 4 + 4 * dims
+    if len(head) < header_len:
+        return None
+    shape = struct.unpack(f">{dims}I", head[4:header_len])
+    return header_len + math.prod(shape) * IDX_DTYPES[code].itemsize
+
+
+def gunzip_idx(data: bytes, name: str = "<bytes>", max_bytes: int = MAX_IDX_BYTES) -> bytearray:
+    """Inflate gzip ``data`` holding an IDX file, bounded by what its header declares and ``max_bytes``.
+
+    Output is produced at most :data:`_CHUNK` bytes at a time. As soon as the IDX
+    header is out, the stream may yield no more than the header's declared size
+    (and a header declaring more than ``max_bytes`` is refused at once); a stream
+    that goes further raises :class:`DataError` without inflating the rest.
+    Concatenated gzip members are read like :func:`gzip.decompress` does;
+    trailing zero padding is ignored, other trailing bytes are an error.
+    Returns the content as a ``bytearray`` (no second copy of a large file).
+    """
+    out = bytearray()
+    limit = max_bytes
+    header_known = False
+    pending = data
+    try:
+        while True:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip wrapper: header, CRC-32 and size checked
+            buf = pending
+            while not d.eof:
+                chunk = d.decompress(buf, max(1, min(_CHUNK, limit + 1 - len(out))))
+                buf = d.unconsumed_tail
+                out += chunk
+                if not header_known:
+                    declared = _declared_size(bytes(out[:4 + 4 * 255]))
+                    if declared == -1:
+                        return out  # not an IDX header: parse_idx names the problem
+                    if declared is not None:
+                        header_known = True
+                        if declared > max_bytes:
+                            raise DataError(f"{name}: IDX header declares {declared} bytes, more than the "
+                                            f"{max_bytes}-byte limit")
+                        limit = declared
+                if len(out) > limit:
+                    what = "its IDX header declares" if header_known else "the limit"
+                    raise DataError(f"{name}: gzip data decompresses beyond the {limit} bytes {what}")
+                if not chunk and not buf and not d.eof:
+                    raise DataError(f"{name}: corrupt or truncated gzip data (stream ends early)")
+            pending = d.unused_data
+            if not pending.strip(b"\x00"):
+                break
+            if pending[:2] != GZIP_MAGIC:
+                raise DataError(f"{name}: corrupt gzip data (trailing bytes after the stream)")
+    except zlib.error as exc:
+        raise DataError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+    return out
+
+
+def read_raw_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_IDX_BYTES) -> bytes | bytearray:
+    """Return the decompressed content of an IDX file (gzip detected by magic bytes).
+
+    Refuses what is not a regular file (a FIFO would block), a file larger than
+    ``max_bytes``, and a gzip stream that inflates beyond its header's size
+    (see :func:`gunzip_idx`).
+    """
     path = Path(path)
     try:
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise DataError(f"{path}: cannot read (is a directory)")
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{path}: not a regular file")
+        if st.st_size > max_bytes:
+            raise DataError(f"{path}: {st.st_size} bytes, more than the {max_bytes}-byte limit for an IDX file")
         data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -53,10 +139,7 @@ def read_raw_bytes(path: str | os.PathLike[str]) -> bytes:
     if not data:
         raise DataError(f"{path}: file is empty")
     if data[:2] == GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(data)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+        raw = gunzip_idx(data, str(path), max_bytes)
         if not raw:
             raise DataError(f"{path}: gzip stream decompresses to an empty file")
         return raw
@@ -65,7 +148,7 @@ def read_raw_bytes(path: str | os.PathLike[str]) -> bytes:
     return data
 
 
-def parse_idx(data: bytes, name: str = "<bytes>", ndim: int | None = None) -> np.ndarray:
+def parse_idx(data: bytes | bytearray, name: str = "<bytes>", ndim: int | None = None) -> np.ndarray:
     """Decode IDX bytes into a native-endian array, validating every header field."""
     if len(data) < 4:
         raise DataError(f"{name}: too short for an IDX header ({len(data)} bytes)")
@@ -94,9 +177,13 @@ def parse_idx(data: bytes, name: str = "<bytes>", ndim: int | None = None) -> np
     return array.astype(dtype.newbyteorder("="))  # a writable, native-endian copy
 
 
-def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> IdxFile:
-    """Read an IDX file (raw or gzip) and return its array plus content checksum."""
-    raw = read_raw_bytes(path)
+def read_idx(path: str | os.PathLike[str], ndim: int | None = None, max_bytes: int = MAX_IDX_BYTES) -> IdxFile:
+    """Read an IDX file (raw or gzip) and return its array plus content checksum.
+
+    Any problem with the file — unreadable, malformed, corrupt gzip, larger than
+    ``max_bytes`` decompressed — raises :class:`~digitlab.errors.DataError`.
+    """
+    raw = read_raw_bytes(path, max_bytes)
     array = parse_idx(raw, name=str(path), ndim=ndim)
     return IdxFile(array=array, raw_sha256=hashlib.sha256(raw).hexdigest())
 

@@ -3,13 +3,15 @@
 from digitlab.evaluate.calibration import expected_calibration_error, reliability_diagram
 from digitlab.evaluate.evaluator import (
     EvalInputs,
+    Evaluation,
+    QualityMetrics,
     evaluate_logits,
     evaluate_model,
     evaluate_run,
     load_for_evaluation,
     run_dataset_name,
+    score_logits,
 )
-from digitlab.evaluate.inference import predict_logits, predict_proba
 from digitlab.evaluate.metrics import (
     accuracy,
     averages,
@@ -27,16 +29,20 @@ from digitlab.evaluate.metrics import (
     top_k_accuracy,
 )
 from digitlab.evaluate.speed import (
+    SpeedProfile,
     checkpoint_bytes,
     latency,
+    measure_speed,
     parameter_count,
     predict_seconds,
     speed_profile,
     throughput,
 )
+from digitlab.models.forward import predict_logits, predict_proba
 
 __all__ = [
-    "EvalInputs", "accuracy", "averages", "checkpoint_bytes", "classification_report",
+    "EvalInputs", "Evaluation", "QualityMetrics", "SpeedProfile", "measure_speed", "score_logits",
+    "accuracy", "averages", "checkpoint_bytes", "classification_report",
     "confusion_matrix", "cross_entropy", "evaluate_logits", "evaluate_model", "evaluate_run",
     "expected_calibration_error", "format_classification_report", "latency", "load_for_evaluation",
     "log_loss", "log_softmax", "parameter_count", "per_class_table", "precision_recall_f1",

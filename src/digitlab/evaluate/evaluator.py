@@ -1,11 +1,14 @@
-"""Evaluate a model (or a saved run) on a dataset split: every metric in one JSON-able dict.
+"""Evaluate a model (or a saved run) on a dataset split: the one evaluation path.
 
-Building blocks, so callers can keep the logits (e.g. for McNemar tests) without
-predicting twice:
+``digitlab evaluate``, ``digitlab compare`` and ``digitlab study`` all score models
+with :func:`evaluate_model`; results are typed (:class:`QualityMetrics`,
+:class:`Evaluation`) and become JSON through their ``to_dict()``.
 
 * :func:`predict_logits` — batched inference;
-* :func:`evaluate_logits` — all quality metrics from logits + labels (pure);
-* :func:`evaluate_model` — both, plus timing and size;
+* :func:`score_logits` — all quality metrics from logits + labels (pure);
+  :func:`evaluate_logits` is its JSON-able dict;
+* :func:`evaluate_model` — both, plus timing and size (the logits are kept on the
+  result, e.g. for McNemar tests, so nothing is predicted twice);
 * :func:`load_for_evaluation` / :func:`evaluate_run` — the same from a run
   directory or checkpoint file.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +28,99 @@ from torch import nn
 
 from digitlab.evaluate import metrics as M
 from digitlab.evaluate.calibration import DEFAULT_BINS, reliability_diagram
-from digitlab.evaluate.inference import predict_logits
-from digitlab.evaluate.speed import checkpoint_bytes, parameter_count, speed_profile
+from digitlab.evaluate.speed import SpeedProfile, checkpoint_bytes, parameter_count, speed_profile
+from digitlab.models.forward import predict_logits
 
-__all__ = ["EvalInputs", "evaluate_logits", "evaluate_model", "evaluate_run", "load_for_evaluation",
-           "predict_logits", "run_dataset_name"]
+__all__ = ["EvalInputs", "Evaluation", "QualityMetrics", "evaluate_logits", "evaluate_model", "evaluate_run",
+           "load_for_evaluation", "predict_logits", "run_dataset_name", "score_logits"]
+
+
+@dataclass
+class QualityMetrics:
+    """Every quality metric of one set of predictions (see :func:`score_logits`)."""
+
+    n: int
+    num_classes: int
+    class_names: list[str]
+    accuracy: float
+    loss: float
+    """Cross-entropy computed from the logits."""
+    log_loss: float
+    """Log-loss from the softmax probabilities (scikit-learn's clipping)."""
+    top3: float
+    top5: float
+    ece: float
+    macro_avg: dict[str, float]
+    """``{precision, recall, f1, support}``."""
+    weighted_avg: dict[str, float]
+    per_class: list[dict[str, Any]]
+    """One ``{class, index, precision, recall, f1, support}`` per class."""
+    confusion_matrix: list[list[int]]
+    """K×K counts, rows = true class."""
+    confusion_matrix_normalized: list[list[float]]
+    top_confusions: list[dict[str, Any]]
+    reliability: dict[str, Any]
+    classification_report: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Evaluation:
+    """A model scored on one split: quality, size, prediction time and (optionally) speed."""
+
+    quality: QualityMetrics
+    parameters: int
+    checkpoint_bytes: int | None
+    predict_seconds: float
+    """Wall time of the batched prediction of the whole split."""
+    speed: SpeedProfile | None
+    logits: torch.Tensor = field(repr=False)
+    """``N×K`` float32 logits (CPU); not part of :meth:`to_dict`."""
+    model: str | None = None
+    model_kwargs: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    dataset: str | None = None
+    split: str | None = None
+    meta: dict[str, Any] | None = field(default=None, repr=False)
+    """The checkpoint's metadata when evaluated from a saved run; not part of :meth:`to_dict`."""
+
+    @property
+    def accuracy(self) -> float:
+        return self.quality.accuracy
+
+    def probabilities(self) -> np.ndarray:
+        """Softmax of the logits (float64, N×K)."""
+        return M.softmax(self.logits.double().numpy())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON view (the keys ``digitlab evaluate --json`` prints)."""
+        head: dict[str, Any] = {}
+        if self.model is not None:
+            head = {"model": self.model, "model_kwargs": self.model_kwargs or {}, "checkpoint": self.checkpoint,
+                    "dataset": self.dataset, "split": self.split}
+        sp = self.speed
+        return {**head, **self.quality.to_dict(), "parameters": self.parameters,
+                "checkpoint_bytes": self.checkpoint_bytes, "predict_seconds": self.predict_seconds,
+                "latency_ms_p50": sp.latency_ms_p50 if sp else None,
+                "latency_ms_p95": sp.latency_ms_p95 if sp else None,
+                "throughput_per_s": sp.throughput_per_s if sp else None,
+                "speed": sp.to_dict() if sp else None}
 
 
 def evaluate_logits(logits: M.ArrayLike, labels: M.ArrayLike, *, class_names: Sequence[str] | None = None,
                     n_bins: int = DEFAULT_BINS, top_confusions: int = 10) -> dict[str, Any]:
-    """Quality metrics of ``N×K`` logits against labels, as a JSON-able dict.
+    """:func:`score_logits` as a JSON-able dict (same keys as :class:`QualityMetrics`)."""
+    return score_logits(logits, labels, class_names=class_names, n_bins=n_bins,
+                        top_confusions=top_confusions).to_dict()
 
-    Keys: ``n, num_classes, class_names, accuracy, loss`` (cross-entropy from
+
+def score_logits(logits: M.ArrayLike, labels: M.ArrayLike, *, class_names: Sequence[str] | None = None,
+                 n_bins: int = DEFAULT_BINS, top_confusions: int = 10) -> QualityMetrics:
+    """Quality metrics of ``N×K`` logits against labels.
+
+    Fields: ``n, num_classes, class_names, accuracy, loss`` (cross-entropy from
     logits), ``log_loss`` (from softmax probabilities, sklearn's clipping),
     ``top3, top5, ece, macro_avg, weighted_avg`` (each ``{precision, recall, f1,
     support}``), ``per_class`` (list of ``{class, index, precision, recall, f1,
@@ -58,25 +142,15 @@ def evaluate_logits(logits: M.ArrayLike, labels: M.ArrayLike, *, class_names: Se
     cm = M.confusion_matrix(y, preds, num_classes=k)
     report = M.classification_report(y, preds, num_classes=k, class_names=names)
     rel = reliability_diagram(probs, y, n_bins=n_bins)
-    return {
-        "n": int(y.size),
-        "num_classes": int(k),
-        "class_names": names,
-        "accuracy": M.accuracy(preds, y),
-        "loss": M.cross_entropy(z, y),
-        "log_loss": M.log_loss(probs, y),
-        "top3": M.top_k_accuracy(z, y, 3),
-        "top5": M.top_k_accuracy(z, y, 5),
-        "ece": rel["ece"],
-        "macro_avg": avg["macro"],
-        "weighted_avg": avg["weighted"],
-        "per_class": M.per_class_table(y, preds, num_classes=k, class_names=names),
-        "confusion_matrix": cm.tolist(),
-        "confusion_matrix_normalized": M.confusion_matrix(y, preds, num_classes=k, normalize="true").tolist(),
-        "top_confusions": M.top_confusions(cm, top_confusions, class_names=names),
-        "reliability": rel,
-        "classification_report": M.format_classification_report(report),
-    }
+    return QualityMetrics(
+        n=int(y.size), num_classes=int(k), class_names=list(names), accuracy=M.accuracy(preds, y),
+        loss=M.cross_entropy(z, y), log_loss=M.log_loss(probs, y), top3=M.top_k_accuracy(z, y, 3),
+        top5=M.top_k_accuracy(z, y, 5), ece=rel["ece"], macro_avg=avg["macro"], weighted_avg=avg["weighted"],
+        per_class=M.per_class_table(y, preds, num_classes=k, class_names=names),
+        confusion_matrix=cm.tolist(),
+        confusion_matrix_normalized=M.confusion_matrix(y, preds, num_classes=k, normalize="true").tolist(),
+        top_confusions=M.top_confusions(cm, top_confusions, class_names=names), reliability=rel,
+        classification_report=M.format_classification_report(report))
 
 
 def evaluate_model(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, *,
@@ -84,15 +158,13 @@ def evaluate_model(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tens
                    device: str | torch.device | None = None, speed: bool = True,
                    speed_repeats: int = 50, throughput_repeats: int = 3,
                    checkpoint_path: str | os.PathLike[str] | None = None,
-                   n_bins: int = DEFAULT_BINS, progress: bool = False) -> dict[str, Any]:
-    """Predict ``images_u8`` and return :func:`evaluate_logits`'s dict plus cost figures.
+                   n_bins: int = DEFAULT_BINS, progress: bool = False) -> Evaluation:
+    """Predict ``images_u8`` once and score it: :class:`Evaluation` (quality, size, time, speed).
 
-    Extra keys: ``parameters`` (trainable), ``checkpoint_bytes`` (None without
-    ``checkpoint_path``), ``predict_seconds`` (wall time of the batched prediction
-    of the whole set at ``batch_size``, after a one-image warm-up call),
-    ``latency_ms_p50``, ``latency_ms_p95``, ``throughput_per_s`` and ``speed``
-    (details: mean latency, repeats, device, threads) — these four are None when
-    ``speed=False``.
+    ``predict_seconds`` is the wall time of the batched prediction of the whole set at
+    ``batch_size``, after a one-image warm-up call. ``speed`` (None when ``speed=False``) is
+    :func:`digitlab.evaluate.speed.speed_profile`: batch-1 latency and throughput timed in rounds,
+    the protocol ``compare`` and ``study`` use for several models at once.
     """
     if images_u8.shape[0]:
         # one tiny call first so lazy initialisation (threads, allocators) is not billed to the set
@@ -100,19 +172,14 @@ def evaluate_model(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tens
     t0 = time.perf_counter()
     logits = predict_logits(model, images_u8, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - t0
-    result = evaluate_logits(logits, labels, class_names=class_names, n_bins=n_bins)
-    result["parameters"] = parameter_count(model)
-    result["checkpoint_bytes"] = checkpoint_bytes(checkpoint_path) if checkpoint_path is not None else None
-    result["predict_seconds"] = seconds
+    quality = score_logits(logits, labels, class_names=class_names, n_bins=n_bins)
     prof = None
     if speed and images_u8.shape[0] > 0:
         prof = speed_profile(model, images_u8, repeats=speed_repeats, warmup=min(10, speed_repeats),
                              batch_size=batch_size, throughput_repeats=throughput_repeats)
-    result["latency_ms_p50"] = prof["latency_ms_p50"] if prof else None
-    result["latency_ms_p95"] = prof["latency_ms_p95"] if prof else None
-    result["throughput_per_s"] = prof["throughput_per_s"] if prof else None
-    result["speed"] = prof
-    return result
+    return Evaluation(quality=quality, parameters=parameter_count(model),
+                      checkpoint_bytes=checkpoint_bytes(checkpoint_path) if checkpoint_path is not None else None,
+                      predict_seconds=seconds, speed=prof, logits=logits)
 
 
 @dataclass
@@ -153,8 +220,8 @@ def load_for_evaluation(source: str | os.PathLike[str], dataset: str | None = No
     ``dataset`` None uses the run's own dataset (:func:`run_dataset_name`).
     ``limit`` keeps the first ``limit`` samples (for quick checks).
     """
+    from digitlab.checkpoint import checkpoint_file, load_checkpoint
     from digitlab.data import load_dataset
-    from digitlab.train.checkpoint import checkpoint_file, load_checkpoint
     from digitlab.utils import resolve_device
 
     path = checkpoint_file(source)
@@ -176,14 +243,15 @@ def evaluate_run(source: str | os.PathLike[str], dataset: str | None = None, spl
                  data_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu",
                  batch_size: int = 1000, speed: bool = True, speed_repeats: int = 50,
                  throughput_repeats: int = 3, limit: int | None = None, n_bins: int = DEFAULT_BINS,
-                 progress: bool = False) -> dict[str, Any]:
-    """:func:`evaluate_model` on a saved run; adds ``model, model_kwargs, checkpoint, dataset, split``."""
+                 progress: bool = False) -> Evaluation:
+    """:func:`evaluate_model` on a saved run (or ``"default"``); fills ``model, model_kwargs,
+    checkpoint, dataset, split, meta``. ``dataset`` None: the run's own."""
     inp = load_for_evaluation(source, dataset, split, data_dir, device=device, limit=limit,
                               progress=progress)
     result = evaluate_model(inp.model, inp.images, inp.labels, class_names=inp.class_names,
                             batch_size=batch_size, speed=speed, speed_repeats=speed_repeats,
                             throughput_repeats=throughput_repeats, checkpoint_path=inp.checkpoint,
                             n_bins=n_bins, progress=progress)
-    head = {"model": inp.meta.get("model"), "model_kwargs": inp.meta.get("model_kwargs", {}),
-            "checkpoint": str(inp.checkpoint), "dataset": inp.dataset, "split": split}
-    return {**head, **result}
+    result.model, result.model_kwargs = inp.meta.get("model"), inp.meta.get("model_kwargs", {})
+    result.checkpoint, result.dataset, result.split, result.meta = str(inp.checkpoint), inp.dataset, split, inp.meta
+    return result

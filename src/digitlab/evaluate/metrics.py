@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from digitlab import numerics
+
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 
 
@@ -50,15 +52,13 @@ def predictions(scores_or_preds: ArrayLike) -> np.ndarray:
 
 
 def log_softmax(logits: ArrayLike) -> np.ndarray:
-    """Row-wise log-softmax in float64, stable for large logits (max subtracted first)."""
-    z = _scores(logits).astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    """Row-wise log-softmax in float64 (see :func:`digitlab.numerics.log_softmax`)."""
+    return numerics.log_softmax(_scores(logits))
 
 
 def softmax(logits: ArrayLike) -> np.ndarray:
-    """Row-wise softmax probabilities in float64."""
-    return np.exp(log_softmax(logits))
+    """Row-wise softmax probabilities in float64 (see :func:`digitlab.numerics.softmax`)."""
+    return numerics.softmax(_scores(logits))
 
 
 def _num_classes(*arrays: np.ndarray, num_classes: int | None) -> int:

@@ -5,19 +5,25 @@ after warm-up runs (the first calls pay for allocation and kernel selection).
 On CUDA each timed call is synchronised so the clock measures the work, not the
 launch. Numbers depend on the machine and its load: report them with the
 hardware, and compare models measured in the same process.
+
+The one protocol every command uses (:func:`measure_speed`): the models are timed
+in *rounds*, each round timing every model in turn (interleaved, so a burst of load
+from another process hits all of them rather than one), and each figure is the
+median over rounds with the spread (lowest and highest round) beside it.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from digitlab.evaluate.inference import as_float_batch, model_device, predict_logits
+from digitlab.models.forward import as_float_batch, model_device, predict_logits
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -29,7 +35,7 @@ def parameter_count(model: nn.Module) -> int:
 
 def checkpoint_bytes(source: str | os.PathLike[str]) -> int:
     """Size on disk of a checkpoint file, or of ``model.safetensors`` in a run directory."""
-    from digitlab.train.checkpoint import checkpoint_file
+    from digitlab.checkpoint import checkpoint_file
 
     return int(checkpoint_file(source).stat().st_size)
 
@@ -100,18 +106,83 @@ def predict_seconds(model: nn.Module, images: torch.Tensor, batch_size: int = 10
     return time.perf_counter() - t0
 
 
-def speed_profile(model: nn.Module, images: torch.Tensor, *, repeats: int = 50, warmup: int = 5,
-                  batch_size: int = 1000, throughput_repeats: int = 3) -> dict[str, Any]:
-    """Latency at batch 1 (``repeats`` timed runs) and throughput at ``batch_size``.
+@dataclass
+class SpeedProfile:
+    """Batch-1 latency and batched throughput of one model, measured in rounds (:func:`measure_speed`).
 
-    Returns ``{"latency_ms_p50", "latency_ms_p95", "latency_ms_mean",
-    "throughput_per_s", "throughput_batch_size", "latency_repeats", "device",
-    "torch_threads"}``.
+    ``*_low``/``*_high`` are the lowest and highest per-round medians: two models whose
+    ranges overlap are not told apart by this measurement.
     """
-    lat = latency(model, images[:1], repeats=repeats, warmup=warmup)
-    thr = throughput(model, images, batch_size=batch_size, repeats=throughput_repeats,
-                     warmup=1)
-    return {"latency_ms_p50": lat["p50_ms"], "latency_ms_p95": lat["p95_ms"],
-            "latency_ms_mean": lat["mean_ms"], "throughput_per_s": thr["images_per_s"],
-            "throughput_batch_size": thr["batch_size"], "latency_repeats": lat["repeats"],
-            "device": str(model_device(model)), "torch_threads": torch.get_num_threads()}
+
+    latency_ms_p50: float
+    """Median over rounds of each round's median batch-1 latency (ms)."""
+    latency_ms_p95: float
+    """95th percentile of every timed batch-1 call (ms)."""
+    latency_ms_mean: float
+    latency_ms_low: float
+    latency_ms_high: float
+    throughput_per_s: float
+    """Median over rounds of images per second at ``throughput_batch_size``."""
+    throughput_low: float
+    throughput_high: float
+    throughput_batch_size: int
+    latency_repeats: int
+    """Timed batch-1 calls in total (rounds × calls per round)."""
+    rounds: int
+    device: str
+    torch_threads: int
+
+    @property
+    def latency_spread(self) -> float:
+        """Relative spread of the latency: (highest − lowest round median) / median."""
+        return (self.latency_ms_high - self.latency_ms_low) / self.latency_ms_p50 if self.latency_ms_p50 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_speed(models: dict[str, nn.Module], images: torch.Tensor, *, repeats: int = 50, rounds: int = 5,
+                  warmup: int = 5, batch_size: int = 1000, throughput_repeats: int = 1
+                  ) -> dict[str, SpeedProfile]:
+    """Time every model in ``rounds`` interleaved rounds: the one latency protocol of digitlab.
+
+    Each round times, model after model, ``ceil(repeats / rounds)`` batch-1 calls on the first image
+    and ``throughput_repeats`` passes over the first ``batch_size`` images. Every model is warmed
+    up (``warmup`` calls of each kind) before the first round.
+    """
+    if repeats < 1 or rounds < 1:
+        raise ValueError("repeats and rounds must be >= 1")
+    rounds = min(rounds, repeats)
+    per_round = -(-repeats // rounds)
+    one = as_float_batch(images[:1])
+    batch = as_float_batch(images[:batch_size])
+    lat: dict[str, list[np.ndarray]] = {name: [] for name in models}
+    thr: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        _timed_calls(model, one, 1, warmup)
+        _timed_calls(model, batch, 1, 1)
+    for _ in range(rounds):
+        for name, model in models.items():
+            lat[name].append(_timed_calls(model, one, per_round, 0) * 1e3)
+            t = _timed_calls(model, batch, throughput_repeats, 0)
+            thr[name].append(batch.shape[0] / float(np.median(t)))
+    out = {}
+    for name, model in models.items():
+        medians = np.array([float(np.median(r)) for r in lat[name]])
+        every = np.concatenate(lat[name])
+        tp = np.array(thr[name])
+        out[name] = SpeedProfile(
+            latency_ms_p50=float(np.median(medians)), latency_ms_p95=float(np.percentile(every, 95)),
+            latency_ms_mean=float(every.mean()), latency_ms_low=float(medians.min()),
+            latency_ms_high=float(medians.max()), throughput_per_s=float(np.median(tp)),
+            throughput_low=float(tp.min()), throughput_high=float(tp.max()),
+            throughput_batch_size=int(batch.shape[0]), latency_repeats=int(every.size), rounds=rounds,
+            device=str(model_device(model)), torch_threads=torch.get_num_threads())
+    return out
+
+
+def speed_profile(model: nn.Module, images: torch.Tensor, *, repeats: int = 50, warmup: int = 5,
+                  batch_size: int = 1000, throughput_repeats: int = 3, rounds: int = 5) -> SpeedProfile:
+    """:func:`measure_speed` of one model: batch-1 latency and throughput at ``batch_size``."""
+    return measure_speed({"model": model}, images, repeats=repeats, rounds=rounds, warmup=warmup,
+                         batch_size=batch_size, throughput_repeats=throughput_repeats)["model"]

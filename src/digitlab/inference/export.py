@@ -5,14 +5,16 @@ the default since torch 2.9, opset 18, needs ``onnxscript``); if it cannot
 capture a model we fall back to the legacy TorchScript exporter and say so in
 the report. Either way the batch axis is dynamic, the graph is checked with
 ``onnx.checker`` (full check, with shape inference) and the result is compared
-with the PyTorch model on the whole MNIST test set: argmax agreement and the
-largest probability difference.
+with the PyTorch model on the whole test set of the model's own dataset (from
+its checkpoint metadata; ``dataset=`` overrides it): argmax agreement and the
+largest probability difference. Needs the ``digitlab[onnx]`` extra.
 
 int8 uses onnxruntime's static quantization (QDQ format, per-channel int8
 weights, uint8 activations, MinMax calibration over training images) — for a
 conv net this quantizes convolutions too, which dynamic quantization doesn't.
 
-Outputs are written atomically and never overwrite an existing file.
+Outputs are written atomically (mode 0644 under the usual umask) and never
+overwrite an existing file.
 """
 
 from __future__ import annotations
@@ -31,9 +33,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from digitlab.checkpoint import (
+    DEFAULT_MODEL,
+    checkpoint_file,
+    dataset_of,
+    is_default,
+    load_checkpoint,
+    resolve_dataset,
+)
 from digitlab.errors import CheckpointError, ConfigError
-from digitlab.inference.predictor import ONNX_META_KEY, softmax
-from digitlab.train.checkpoint import checkpoint_file, load_checkpoint
+from digitlab.inference.predictor import ONNX_CLASSES_KEY, ONNX_META_KEY
+from digitlab.numerics import softmax
 from digitlab.utils import refuse_existing, write_new_bytes_atomic
 
 __all__ = ["benchmark_inference", "default_onnx_path", "export_onnx", "int8_path"]
@@ -47,8 +57,19 @@ log = logging.getLogger(__name__)
 
 
 def default_onnx_path(source: str | os.PathLike[str]) -> Path:
-    """``RUN/model.onnx`` for a run directory, ``X.onnx`` next to ``X.safetensors``."""
+    """``RUN/model.onnx`` for a run directory, ``X.onnx`` next to ``X.safetensors``,
+    ``default.onnx`` in the current folder for the shipped model (never inside the package)."""
+    if is_default(source):
+        return Path(f"{DEFAULT_MODEL}.onnx")
     return checkpoint_file(source).with_suffix(".onnx")
+
+
+def require_onnx() -> None:
+    """A one-line :class:`MissingExtraError` naming ``digitlab[onnx]`` when onnx or onnxruntime is missing."""
+    from digitlab.cli import require_extra
+
+    for module in ("onnx", "onnxruntime"):
+        require_extra(module, "onnx")
 
 
 def int8_path(onnx_path: str | os.PathLike[str]) -> Path:
@@ -91,6 +112,8 @@ def _export_proto(model: torch.nn.Module, opset: int, exporter: str):
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                     dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},),
                     optimize=True, verbose=False)
+            if program is None:
+                raise CheckpointError("torch.onnx.export returned no program")
             return program.model_proto, "dynamo", None
         except Exception as exc:  # noqa: BLE001 - the exporter raises many error types
             if exporter == "dynamo":
@@ -101,7 +124,7 @@ def _export_proto(model: torch.nn.Module, opset: int, exporter: str):
     buf = io.BytesIO()
     try:
         with _quiet():
-            torch.onnx.export(model, (dummy,), buf, dynamo=False, opset_version=opset,
+            torch.onnx.export(model, (dummy,), buf, dynamo=False,  # type: ignore[arg-type]  # file-like opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     except Exception as exc:  # noqa: BLE001
@@ -134,10 +157,13 @@ def _ort_probs(session, x: np.ndarray, batch: int = 1000) -> np.ndarray:
                                    for i in range(0, x.shape[0], batch)]))
 
 
-def _torch_probs(model: torch.nn.Module, x: np.ndarray, batch: int = 1000) -> np.ndarray:
-    with torch.inference_mode():
-        logits = [model(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, x.shape[0], batch)]
-    return softmax(np.concatenate(logits))
+def _torch_probs(model: torch.nn.Module, x: np.ndarray, batch: int = 1000, device: str = "cpu") -> np.ndarray:
+    from digitlab.models.forward import predict_proba  # the one batched forward pass
+
+    try:
+        return predict_proba(model, torch.from_numpy(x), batch, device=device).numpy().astype(np.float64)
+    finally:
+        model.to("cpu")
 
 
 def _compare(ref: np.ndarray, probs: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
@@ -199,19 +225,23 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     exporter: str = "auto",
     verify: bool = True,
-    dataset: str = "mnist",
+    dataset: str | None = None,
     data_dir: str | None = None,
     calibration_size: int = 1000,
     seed: int = 0,
+    device: str = "cpu",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Export a checkpoint (run dir or ``.safetensors``) to ONNX; returns a JSON-able report.
+    """Export ``"default"``, a run directory or a ``.safetensors`` checkpoint to ONNX; returns a JSON-able report.
 
     ``out`` defaults to :func:`default_onnx_path`; with ``quantize="int8"`` the
     quantized model goes to :func:`int8_path` of it. ``verify`` runs both models
-    on the whole test split of ``dataset`` (otherwise only on 64 random inputs).
+    on the whole test split of the model's own dataset, or of ``dataset`` when
+    given (otherwise only on 64 random inputs); the report's ``dataset`` says which.
+    ``device`` runs the PyTorch reference for the comparison (the export itself is on CPU).
     """
     t0 = time.perf_counter()
+    require_onnx()
     if quantize not in (None, "int8"):
         raise ConfigError(f"--quantize {quantize!r} is not supported (use int8)")
     if exporter not in EXPORTERS:
@@ -228,7 +258,13 @@ def export_onnx(
     proto, used, fallback = _export_proto(model, opset, exporter)
     import onnx
 
-    meta = {**meta, "export": {"exporter": used, "opset": opset, "source": str(ckpt)}}
+    from digitlab.data.registry import DATASETS
+
+    data_name = resolve_dataset(meta, dataset)
+    own = DATASETS.get(dataset_of(meta))
+    meta = {**meta, "export": {"exporter": used, "opset": opset, "source": str(source)}}
+    if own is not None:  # lets the ONNX model name its classes without torch or the registry
+        meta[ONNX_CLASSES_KEY] = {"class_names": list(own.class_names), "digits": own.digits}
     _set_metadata(proto, meta)
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -238,23 +274,21 @@ def export_onnx(
     session = _session(fp32_bytes)
 
     report: dict[str, Any] = {
-        "source": str(source), "model": meta.get("model"), "exporter": used, "opset": opset,
+        "source": str(source), "model": meta.get("model"), "dataset": data_name, "exporter": used, "opset": opset,
         "checkpoint_bytes": ckpt.stat().st_size,
     }
     if fallback:
         report["exporter_fallback_reason"] = fallback
 
-    labels = test_x = None
-    if verify or quantize:
-        from digitlab.data import load_dataset, to_float
+    from digitlab.data import load_dataset, to_float
 
-        ds = load_dataset(dataset, data_dir, progress=progress)
-        test_x = to_float(ds.test_images).numpy()
-        labels = ds.test_labels.numpy()
+    ds = load_dataset(data_name, data_dir, progress=progress) if verify or quantize else None
+    test_x = to_float(ds.test_images).numpy() if ds is not None else np.zeros((0, 1, 28, 28), np.float32)
+    labels = ds.test_labels.numpy() if ds is not None else None
     if verify:
-        ref = _torch_probs(model, test_x)
+        ref = _torch_probs(model, test_x, device=device)
         fp32 = _compare(ref, _ort_probs(session, test_x), labels)
-        report["verification"] = {"dataset": dataset, "split": "test", "images": int(test_x.shape[0]),
+        report["verification"] = {"dataset": data_name, "split": "test", "images": int(test_x.shape[0]),
                                   "accuracy_torch": float((ref.argmax(1) == labels).mean()), **fp32}
     else:
         rnd = np.random.default_rng(seed).random((64, 1, 28, 28), dtype=np.float32)
@@ -263,7 +297,7 @@ def export_onnx(
                                   **_compare(ref, _ort_probs(session, rnd), None)}
 
     int8_bytes = None
-    if quantize:
+    if quantize and ds is not None:
         rng = np.random.default_rng(seed)
         train = ds.train_images
         idx = np.sort(rng.choice(train.shape[0], min(calibration_size, train.shape[0]), replace=False))
@@ -311,7 +345,7 @@ def _timings(fn, x1: np.ndarray, xb: np.ndarray, warmup: int, iters: int, min_se
              ) -> dict[str, Any]:
     for _ in range(warmup):
         fn(x1)
-    lat = []
+    lat: list[float] = []
     start = time.perf_counter()
     while len(lat) < iters or time.perf_counter() - start < min_seconds:
         t = time.perf_counter()
@@ -345,6 +379,7 @@ def benchmark_inference(
     ``onnx_models`` maps a name (``"onnx-fp32"``, ``"onnx-int8"``) to a file. Every
     backend gets ``threads`` intra-op threads so the comparison is fair.
     """
+    require_onnx()
     model, meta = load_checkpoint(source, device="cpu")
     rng = np.random.default_rng(0)
     x1 = rng.random((1, 1, 28, 28), dtype=np.float32)
@@ -352,9 +387,10 @@ def benchmark_inference(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        def run_torch(x: np.ndarray) -> None:
-            with torch.inference_mode():
-                model(torch.from_numpy(x))
+        from digitlab.models.forward import predict_logits
+
+        def run_torch(x: np.ndarray) -> None:  # the path every digitlab command takes
+            predict_logits(model, torch.from_numpy(x), batch_size=x.shape[0])
 
         results = {"torch-eager": _timings(run_torch, x1, xb, warmup, iters, min_seconds)}
     finally:

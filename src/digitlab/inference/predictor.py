@@ -1,89 +1,122 @@
-"""Predict digits with a trained model: PyTorch checkpoint or ONNX file behind one API.
+"""Classify images with a trained model: PyTorch checkpoint or ONNX file behind one API.
 
 >>> p = load_predictor("runs/a")                 # or "default", "model.safetensors", "model.onnx"
->>> labels, probs = p.predict(images_u8)          # N×28×28 uint8 (MNIST form)
+>>> labels, probs = p.predict(images_u8)          # N×28×28 uint8 0..255, or float 0..1
 >>> p.predict_image("photo_of_a_7.jpg")["label"]
 7
+
+A predictor knows the dataset its model was trained on (from the checkpoint's
+metadata): results carry the class ``name`` beside the integer ``label``, and
+pictures are prepared the way that dataset was made (the digit clean-up of
+:func:`~digitlab.inference.preprocess.to_mnist` for digit datasets,
+:func:`~digitlab.inference.preprocess.fit_picture` for others).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from digitlab.errors import CheckpointError, ImageError
-from digitlab.inference.preprocess import MAX_IMAGE_PIXELS, ImageSource, split_digits, to_mnist
+from digitlab.checkpoint import DEFAULT_MODEL_PATH, checkpoint_file, dataset_of, is_default
+from digitlab.errors import CheckpointError, ConfigError, ImageError
+from digitlab.inference.preprocess import MAX_IMAGE_PIXELS, ImageSource, fit_picture, split_digits, to_mnist
+from digitlab.numerics import softmax
 
-__all__ = ["DEFAULT_MODEL_PATH", "IMAGE_EXTENSIONS", "ONNX_META_KEY", "Predictor", "collect_image_files",
-           "load_predictor", "predict_files", "softmax"]
-
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "pretrained" / "default.safetensors"
-"""The model shipped with the package (``load_predictor("default")``)."""
+__all__ = ["DEFAULT_MODEL_PATH", "IMAGE_EXTENSIONS", "INPUT_SHAPES", "ONNX_META_KEY", "Predictor",
+           "collect_image_files", "load_predictor", "predict_files"]
 
 ONNX_META_KEY = "digitlab"
 """ONNX ``metadata_props`` key holding the checkpoint's metadata JSON (written by export)."""
+ONNX_CLASSES_KEY = "classes"
+"""Key, inside that metadata, of ``{class_names, digits}`` of the model's dataset (written by export)."""
 
 CHUNK = 1024
 """Images per forward pass: bounds memory for large batches."""
 
+INPUT_SHAPES = "28×28, N×28×28, N×1×28×28, 784 or N×784"
+"""The array shapes :meth:`Predictor.predict` accepts."""
+
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 for accuracy, returned as float32."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+if TYPE_CHECKING:  # torch is imported only for checkpoint models: an ONNX model runs without it
+    import torch
 
 
 class Predictor:
-    """A classifier for MNIST-form images, independent of the backend that runs it.
+    """A classifier for 28×28 images, independent of the backend that runs it.
 
     Build one with :func:`load_predictor`. ``logits_fn`` maps float32
-    ``N×1×28×28`` in [0, 1] to logits ``N×10``.
+    ``N×1×28×28`` in [0, 1] to logits ``N×K``. ``dataset`` names the data the model
+    was trained on: it gives the class names and how pictures are prepared.
     """
 
-    def __init__(self, logits_fn: LogitsFn, info: dict[str, Any]) -> None:
+    def __init__(self, logits_fn: LogitsFn, info: dict[str, Any], dataset: str = "mnist",
+                 class_names: Sequence[str] | None = None, digits: bool | None = None) -> None:
         self._logits = logits_fn
-        self.info: dict[str, Any] = info
-        """Model name, source, backend, parameters and metrics (from the checkpoint's metadata)."""
+        if class_names is None or digits is None:  # from the registry (its package imports torch)
+            from digitlab.data.registry import DATASETS
+
+            spec = DATASETS.get(dataset)
+            class_names = class_names or (spec.class_names if spec else tuple(str(i) for i in range(10)))
+            digits = digits if digits is not None else (spec.digits if spec else True)
+        self.dataset: str = dataset
+        """The dataset the model was trained on (``mnist``, ``fashion-mnist``)."""
+        self.class_names: tuple[str, ...] = tuple(str(c) for c in class_names)
+        """Name of each class, indexed by label."""
+        self.digits: bool = bool(digits)
+        """True for digit datasets: pictures get the digit clean-up (:func:`to_mnist`)."""
+        self.info: dict[str, Any] = {**info, "dataset": dataset, "class_names": list(self.class_names)}
+        """Model name, source, backend, dataset, class names, parameters and metrics (from the metadata)."""
         self.max_image_pixels = MAX_IMAGE_PIXELS
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     # ------------------------------------------------------------------ arrays
 
     def predict(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Classify MNIST-form images (white ink on black, 0..255).
+        """Classify images in the dataset's form (light object on black).
 
-        ``images``: ``N×28×28`` or ``28×28`` (uint8, or numbers in 0..255).
-        Returns ``(labels int64 N, probabilities float32 N×10)``.
+        ``images``: uint8 (or any integer type) with values 0..255, or float with values
+        in [0, 1]; shape 28×28, N×28×28, N×1×28×28, 784 or N×784 (numpy or torch).
+        Anything else — floats outside [0, 1] (divide by 255 first), NaN, other shapes or
+        dtypes — raises :class:`ImageError` naming the shape and dtype received.
+        Returns ``(labels int64 N, probabilities float32 N×K)``.
         """
-        x = _as_batch(images)
+        x = as_model_input(images)
         if x.shape[0] == 0:
-            return np.zeros(0, np.int64), np.zeros((0, 10), np.float32)
-        x = x[:, None].astype(np.float32) / np.float32(255.0)  # model convention: N×1×28×28 in [0, 1]
-        logits = np.concatenate([self._logits(x[i:i + CHUNK]) for i in range(0, x.shape[0], CHUNK)])
-        probs = softmax(logits)
+            return np.zeros(0, np.int64), np.zeros((0, self.num_classes), np.float32)
+        probs = softmax(self._logits(x)).astype(np.float32)
         return probs.argmax(axis=1).astype(np.int64), probs
 
     # ------------------------------------------------------------------ pictures
 
-    def preprocess(self, image: ImageSource) -> np.ndarray:
-        """The MNIST-form 28×28 uint8 image the model sees for ``image``."""
-        return to_mnist(image, max_pixels=self.max_image_pixels)
+    def preprocess(self, image: ImageSource, *, max_pixels: int | None = None) -> np.ndarray:
+        """The 28×28 uint8 image the model sees for ``image``.
+
+        Digit datasets: the digit clean-up (:func:`to_mnist`); others: the whole
+        picture fitted into 28×28 (:func:`fit_picture`). ``max_pixels`` overrides
+        :attr:`max_image_pixels` for this call.
+        """
+        limit = self.max_image_pixels if max_pixels is None else max_pixels
+        if self.digits:
+            return to_mnist(image, max_pixels=limit)
+        return fit_picture(image, max_pixels=limit)
 
     def predict_image(self, image: ImageSource, top_k: int | None = None) -> dict[str, Any]:
-        """Preprocess and classify one picture of a digit (path, bytes, PIL image or array).
+        """Preprocess and classify one picture (path, bytes, PIL image or array).
 
-        Returns ``{label, confidence, probabilities (10 floats), preprocessed (28×28 uint8)}``,
-        ``top_k`` (``[{label, probability}]``, best first) when asked, and ``blank: True``
-        when the picture holds no ink (the label is then meaningless).
+        Returns ``{label, name, confidence, probabilities, preprocessed (28×28 uint8)}`` and
+        ``top_k`` (``[{label, name, probability}]``, best first) when asked. A picture that holds
+        nothing is answered with an abstention: ``label``, ``name``, ``confidence`` and ``probabilities`` are ``None``,
+        ``rejected`` is ``"blank"`` (and ``blank`` is ``True``).
         """
         pre = self.preprocess(image)
         return self.result(pre[None], *self.predict(pre[None]), top_k=top_k)[0]
@@ -96,19 +129,20 @@ class Predictor:
         pre = np.stack([self.preprocess(im) for im in images])
         return self.result(pre, *self.predict(pre), top_k=top_k)
 
-    @staticmethod
-    def result(pre: np.ndarray, labels: np.ndarray, probs: np.ndarray, top_k: int | None = None
+    def result(self, pre: np.ndarray, labels: np.ndarray, probs: np.ndarray, top_k: int | None = None
                ) -> list[dict[str, Any]]:
         """Per-image result dicts from a batch of preprocessed images and its predictions."""
+        names = self.class_names
         out = []
         for img, label, p in zip(pre, labels, probs, strict=True):
-            r: dict[str, Any] = {"label": int(label), "confidence": float(p[label]),
+            r: dict[str, Any] = {"label": int(label), "name": names[int(label)], "confidence": float(p[label]),
                                  "probabilities": [float(v) for v in p], "preprocessed": img}
-            if not img.any():  # nothing drawn: the label is meaningless, say so
-                r["blank"] = True
-            if top_k:
+            if not img.any():  # nothing drawn: abstain rather than hand out a digit nobody wrote
+                r.update(label=None, name=None, confidence=None, probabilities=None, blank=True, rejected="blank")
+            elif top_k:
                 order = np.argsort(-p, kind="stable")[:top_k]
-                r["top_k"] = [{"label": int(k), "probability": float(p[k])} for k in order]
+                r["top_k"] = [{"label": int(k), "name": names[int(k)], "probability": float(p[k])}
+                              for k in order]
             out.append(r)
         return out
 
@@ -116,7 +150,10 @@ class Predictor:
         """Read a multi-digit number: split into digits (connected components), classify each.
 
         Returns ``{number: str, confidence: product of the digits' confidences, digits: [...]}``.
+        Only for models of a digit dataset.
         """
+        if not self.digits:
+            raise ConfigError(f"read_number needs a digit model; this one is trained on {self.dataset}")
         digits = split_digits(image, max_pixels=self.max_image_pixels)
         if not digits:
             return {"number": "", "confidence": 0.0, "digits": []}
@@ -128,26 +165,42 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor({self.info.get('model')!r}, backend={self.info.get('backend')!r}, " \
-               f"source={self.info.get('source')!r})"
+               f"dataset={self.dataset!r}, source={self.info.get('source')!r})"
 
 
-def _as_batch(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(images, torch.Tensor):
+def as_model_input(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Check and convert images to the model's input: float32 ``N×1×28×28`` in [0, 1].
+
+    Accepts integers 0..255 (uint8 above all) or floats in [0, 1], shaped as
+    :data:`INPUT_SHAPES`; raises :class:`ImageError` naming the shape and dtype otherwise.
+    """
+    torch_mod = sys.modules.get("torch")  # a torch tensor can only exist once torch is imported
+    if torch_mod is not None and isinstance(images, torch_mod.Tensor):
         images = images.detach().cpu().numpy()
     x = np.asarray(images)
-    if x.ndim == 2:
+    got = f"got shape {tuple(x.shape)} and dtype {x.dtype}"
+    if x.dtype == np.bool_ or x.dtype.kind not in "uif":
+        raise ImageError(f"expected uint8 pixels 0..255 or float pixels 0..1; {got}")
+    if x.shape == (784,):
+        x = x.reshape(1, 28, 28)
+    elif x.shape == (28, 28):
         x = x[None]
-    if x.ndim == 4 and x.shape[1] == 1:
+    elif x.ndim == 2 and x.shape[1] == 784:
+        x = x.reshape(-1, 28, 28)
+    elif x.ndim == 4 and x.shape[1:] == (1, 28, 28):
         x = x[:, 0]
-    if x.ndim != 3 or x.shape[1:] != (28, 28):
-        raise ImageError(f"expected MNIST-form images of shape N×28×28 or 28×28, got {x.shape}")
-    if x.dtype == np.uint8:
-        return x
-    if x.dtype.kind not in "uif" or x.dtype == np.bool_:
-        raise ImageError(f"expected numeric pixel values, got dtype {x.dtype}")
-    if x.size and (not np.isfinite(x).all() or x.min() < 0 or x.max() > 255):
-        raise ImageError("pixel values must be finite numbers in 0..255")
-    return np.rint(x).astype(np.uint8)
+    elif not (x.ndim == 3 and x.shape[1:] == (28, 28)):
+        raise ImageError(f"expected images of shape {INPUT_SHAPES}; {got}")
+    if x.dtype.kind in "ui":
+        if x.dtype != np.uint8 and x.size and (int(x.min()) < 0 or int(x.max()) > 255):
+            raise ImageError(f"integer pixels must be in 0..255; {got}, values {int(x.min())}..{int(x.max())}")
+        return (x[:, None].astype(np.float32) / np.float32(255.0))
+    if x.size and not np.isfinite(x).all():
+        raise ImageError(f"pixel values must be finite (no NaN or infinity); {got}")
+    if x.size and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise ImageError(f"float pixels must be in [0, 1]; {got}, values {float(x.min()):g}..{float(x.max()):g}: "
+                         "divide by 255, or pass uint8 0..255")
+    return np.ascontiguousarray(x[:, None], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- backends
@@ -167,23 +220,28 @@ def _info_from_meta(meta: dict[str, Any], source: str, backend: str) -> dict[str
     }
 
 
-def _torch_predictor(source: Path, device: str, label: str) -> Predictor:
-    from digitlab.train.checkpoint import load_checkpoint
+def _torch_predictor(source: str | Path, device: str, label: str) -> Predictor:
+    import torch
+
+    from digitlab.checkpoint import load_checkpoint
+    from digitlab.models.forward import predict_logits
     from digitlab.utils import resolve_device
 
     dev = resolve_device(device)
     model, meta = load_checkpoint(source, device=dev)
 
-    def logits(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(x).to(dev)).float().cpu().numpy()
+    def logits(x: np.ndarray) -> np.ndarray:  # the one batched forward pass
+        return predict_logits(model, torch.from_numpy(x), batch_size=CHUNK).numpy()
 
-    pred = Predictor(logits, _info_from_meta(meta, label, "torch"))
+    pred = Predictor(logits, _info_from_meta(meta, label, "torch"), dataset=dataset_of(meta))
     pred.model = model  # type: ignore[attr-defined]  # for callers that need the nn.Module
     return pred
 
 
 def _onnx_predictor(path: Path, label: str, threads: int | None = None) -> Predictor:
+    from digitlab.cli import require_extra
+
+    require_extra("onnxruntime", "onnx")
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -203,26 +261,33 @@ def _onnx_predictor(path: Path, label: str, threads: int | None = None) -> Predi
         meta = json.loads(raw) if raw else {}
     except ValueError:
         meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
     meta.setdefault("model", path.stem)
+    # export records the classes, so an ONNX model needs neither torch nor the dataset registry
+    classes = meta.get(ONNX_CLASSES_KEY)
+    names = classes.get("class_names") if isinstance(classes, dict) else None
+    digits = classes.get("digits") if isinstance(classes, dict) else None
+    if not (isinstance(names, list) and names and isinstance(digits, bool)):
+        names, digits = None, None
 
     def logits(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {in_name: x})[0]
+        return np.concatenate([session.run(None, {in_name: x[i:i + CHUNK]})[0]
+                               for i in range(0, x.shape[0], CHUNK)])
 
-    pred = Predictor(logits, _info_from_meta(meta, label, "onnxruntime"))
+    pred = Predictor(logits, _info_from_meta(meta, label, "onnxruntime"), dataset=dataset_of(meta),
+                     class_names=names, digits=digits)
     pred.session = session  # type: ignore[attr-defined]
     return pred
 
 
-def load_predictor(source: str | os.PathLike[str] = "default", device: str = "cpu") -> Predictor:
+def load_predictor(source: str | os.PathLike[str] = "default", device: str = "auto") -> Predictor:
     """Load a predictor from ``"default"`` (the shipped model), a run directory,
     a ``.safetensors`` checkpoint or an ``.onnx`` file (run with onnxruntime on CPU).
     """
-    if str(source) == "default":
-        if not DEFAULT_MODEL_PATH.is_file():
-            raise CheckpointError(
-                f"the default model is not installed ({DEFAULT_MODEL_PATH} is missing); "
-                "pass a run directory, .safetensors or .onnx file instead (--model)")
-        return _torch_predictor(DEFAULT_MODEL_PATH, device, "default")
+    if is_default(source):
+        checkpoint_file(source)  # a clear error when the shipped model is missing
+        return _torch_predictor("default", device, "default")
     path = Path(source)
     if not path.exists():
         raise CheckpointError(f"{source}: no such model (expected 'default', a run directory, "
@@ -234,22 +299,25 @@ def load_predictor(source: str | os.PathLike[str] = "default", device: str = "cp
 
 # --------------------------------------------------------------------------- files
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                              ".pgm", ".ppm", ".pbm", ".pnm"})
-"""Files picked up from directories (files named explicitly are tried whatever their name)."""
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+"""Files picked up from directories (files named explicitly are tried whatever their name; the
+content decides the format, and only PNG, JPEG, GIF, BMP, TIFF and WebP are decoded)."""
 
 
 def collect_image_files(paths: Sequence[str | os.PathLike[str]], recursive: bool = False) -> list[Path]:
     """Expand directories into the image files inside them (sorted); keep other paths as given.
 
-    Paths that don't exist are kept, so the caller reports them per file.
+    Paths that don't exist are kept, so the caller reports them per file. Inside a
+    directory, every entry with an image extension that is not a directory is kept,
+    including FIFOs, broken links and symlink loops: reading them fails with a
+    per-file error instead of the entry being skipped without a word.
     """
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             found = p.rglob("*") if recursive else p.iterdir()
-            out.extend(sorted(f for f in found if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
+            out.extend(sorted(f for f in found if f.suffix.lower() in IMAGE_EXTENSIONS and not f.is_dir()))
         else:
             out.append(p)
     return out
@@ -259,7 +327,7 @@ def predict_files(predictor: Predictor, files: Sequence[str | os.PathLike[str]],
                   progress: bool = False) -> list[dict[str, Any]]:
     """Preprocess each file, then classify all readable ones in one batched call.
 
-    Returns one record per file, in order: ``{file, label, confidence, probabilities[, top_k]}``
+    Returns one record per file, in order: ``{file, label, name, confidence, probabilities[, top_k]}``
     or ``{file, error}`` for a file that cannot be read as an image.
     """
     from tqdm import tqdm
@@ -278,7 +346,7 @@ def predict_files(predictor: Predictor, files: Sequence[str | os.PathLike[str]],
             records.append({"file": str(f), "error": msg})
     if ok_images:
         pre = np.stack(ok_images)
-        for i, r in zip(ok_index, Predictor.result(pre, *predictor.predict(pre), top_k=top_k), strict=True):
+        for i, r in zip(ok_index, predictor.result(pre, *predictor.predict(pre), top_k=top_k), strict=True):
             del r["preprocessed"]
             records[i].update(r)
     return records

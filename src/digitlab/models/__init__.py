@@ -4,12 +4,14 @@
 from digitlab.models import _families  # noqa: F401,E402
 from digitlab.models.registry import (
     ModelInfo,
+    TrainSettings,
     count_parameters,
     create_model,
     list_models,
     model_info,
     register_model,
+    train_settings,
 )
 
-__all__ = ["ModelInfo", "count_parameters", "create_model", "list_models", "model_info",
-           "register_model"]
+__all__ = ["ModelInfo", "TrainSettings", "count_parameters", "create_model", "list_models", "model_info",
+           "register_model", "train_settings"]

@@ -120,5 +120,6 @@ def count_parameters_keras(model: nn.Module) -> int:
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            n += m.running_mean.numel() + m.running_var.numel()
+            for stat in (m.running_mean, m.running_var):
+                n += stat.numel() if stat is not None else 0
     return n

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -62,6 +62,9 @@ class LogisticRegressionModel(nn.Module):
     """
 
     uses_gradient = False
+    weight: torch.Tensor
+    bias: torch.Tensor
+    fitted: torch.Tensor
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4, seed: int = 0,
                  num_classes: int = 10) -> None:
@@ -181,6 +184,15 @@ class RandomForestModel(nn.Module):
     """
 
     uses_gradient = False
+    roots: torch.Tensor
+    feature: torch.Tensor
+    threshold: torch.Tensor
+    left: torch.Tensor
+    right: torch.Tensor
+    leaf_proba: torch.Tensor
+    node_offsets: torch.Tensor
+    leaf_offsets: torch.Tensor
+    depth: torch.Tensor
 
     def __init__(self, n_estimators: int = 100, max_depth: int | None = None,
                  max_features: str | int | float = "sqrt", min_samples_leaf: int = 1, seed: int = 0,
@@ -210,7 +222,8 @@ class RandomForestModel(nn.Module):
 
     @staticmethod
     def _after_load(module: nn.Module, incompatible_keys: Any) -> None:
-        module._depth = int(module.depth)  # type: ignore[assignment]
+        if isinstance(module, RandomForestModel):
+            module._depth = int(module.depth)
 
     @property
     def is_fitted(self) -> bool:
@@ -282,8 +295,8 @@ class RandomForestModel(nn.Module):
             "depth": torch.tensor(depth, dtype=torch.int64),
         }
         device = self.depth.device
-        for name, value in state.items():
-            setattr(self, name, value.to(device))  # re-registers the buffer with its new shape
+        for name, tensor in state.items():
+            setattr(self, name, tensor.to(device))  # re-registers the buffer with its new shape
         self._depth = depth
 
     def leaf_indices(self, x: torch.Tensor) -> torch.Tensor:
@@ -342,13 +355,11 @@ def random_forest(n_estimators: int = 100, max_depth: int | None = None,
 
 # --------------------------------------------------------------------------- cross-validation
 
-@torch.no_grad()
-def _predict(model: nn.Module, images_u8: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
-    from digitlab.data import to_float
+@runtime_checkable
+class FittedEstimator(Protocol):
+    """A model fitted in closed form (``uses_gradient = False``) rather than by SGD."""
 
-    out = [model(to_float(images_u8[i:i + batch_size])).argmax(1)
-           for i in range(0, images_u8.shape[0], batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+    def fit_estimator(self, images_u8: torch.Tensor, labels: torch.Tensor) -> Any: ...
 
 
 def cross_validate_estimator(name: str, images_u8: torch.Tensor, labels: torch.Tensor, folds: int = 5,
@@ -365,6 +376,8 @@ def cross_validate_estimator(name: str, images_u8: torch.Tensor, labels: torch.T
     "mean", "std", "fit_seconds"}``.
     """
     from sklearn.model_selection import StratifiedKFold
+
+    from digitlab.models.forward import predict_logits
 
     info = model_info(name)
     if info.uses_gradient:
@@ -389,10 +402,12 @@ def cross_validate_estimator(name: str, images_u8: torch.Tensor, labels: torch.T
     for train_idx, test_idx in splits:
         tr, te = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
         model = create_model(name, **kwargs)
+        if not isinstance(model, FittedEstimator):
+            raise ConfigError(f"cross_validate_estimator: {name!r} has no fit_estimator()")
         start = time.perf_counter()
         model.fit_estimator(images_u8[tr], y[tr])
         seconds.append(time.perf_counter() - start)
-        pred = _predict(model.eval(), images_u8[te])
+        pred = predict_logits(model, images_u8[te], batch_size=8192).argmax(1)
         accuracies.append(float((pred == y[te]).double().mean()))
     acc = np.asarray(accuracies)
     return {"model": name, "kwargs": dict(kwargs), "folds": folds, "seed": seed, "n_samples": int(y.shape[0]),

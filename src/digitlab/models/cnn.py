@@ -10,11 +10,11 @@ from torch import nn
 
 from digitlab.models._common import KerasFeaturesHead, keras_bn1d, keras_bn2d, keras_init_, l2
 from digitlab.models.ops import MaxPool2x2
-from digitlab.models.registry import register_model
+from digitlab.models.registry import AMP_CL, register_model
 
 
 @register_model(
-    "cnn-simple", family="cnn", input_kind="image", recipe="cnn-simple",
+    "cnn-simple", family="cnn", input_kind="image", recipe="cnn-simple", train_settings=AMP_CL,
     reference="notebook 002: 99.23% test; 93,322 params (Keras count of its architecture, "
               "the notebook prints no summary)",
 )
@@ -23,21 +23,21 @@ def cnn_simple(num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
     # notebook 002 gives its Conv2D no padding argument: Keras' default 'valid'
     # (28 → 26 → 13 → 11 → 5 → 3), hence the 64·3·3 flatten
     return keras_init_(nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), MaxPool2x2(),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), MaxPool2x2(),
-        nn.Conv2d(64, 64, 3), nn.ReLU(),
-        nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(), nn.Dropout(dropout),
+        nn.Conv2d(1, 32, 3), nn.ReLU(inplace=True), MaxPool2x2(),
+        nn.Conv2d(32, 64, 3), nn.ReLU(inplace=True), MaxPool2x2(),
+        nn.Conv2d(64, 64, 3), nn.ReLU(inplace=True),
+        nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(inplace=True), nn.Dropout(dropout),
         nn.Linear(64, num_classes),
     ))
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     # notebook 000: Conv2D(padding='same') → BatchNormalization → ReLU
-    return [nn.Conv2d(cin, cout, 3, padding=1), keras_bn2d(cout), nn.ReLU()]
+    return [nn.Conv2d(cin, cout, 3, padding=1), keras_bn2d(cout), nn.ReLU(inplace=True)]
 
 
 @register_model(
-    "cnn-deep", family="cnn", input_kind="image", recipe="cnn-deep",
+    "cnn-deep", family="cnn", input_kind="image", recipe="cnn-deep", train_settings=AMP_CL,
     reference="notebook 000: 99.71% test (99.68% val); 1,015,530 params in Keras' count "
               "(1,013,098 trainable + 2,432 BN moving statistics)",
 )
@@ -53,8 +53,8 @@ def cnn_deep(num_classes: int = 10, conv_dropout: float = 0.25, dense_dropout: f
     # notebook 000's dense head: Dense(relu) → BatchNormalization → Dropout
     layers += [
         nn.Flatten(),
-        nn.Linear(128 * 3 * 3, 512), nn.ReLU(), keras_bn1d(512), nn.Dropout(dense_dropout),
-        nn.Linear(512, 256), nn.ReLU(), keras_bn1d(256), nn.Dropout(dense_dropout),
+        nn.Linear(128 * 3 * 3, 512), nn.ReLU(inplace=True), keras_bn1d(512), nn.Dropout(dense_dropout),
+        nn.Linear(512, 256), nn.ReLU(inplace=True), keras_bn1d(256), nn.Dropout(dense_dropout),
         nn.Linear(256, num_classes),
     ]
     return keras_init_(nn.Sequential(*layers))
@@ -72,24 +72,24 @@ class EnhancedCNN(KerasFeaturesHead):
         super().__init__()
         self.l2_lambda = l2_lambda
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), keras_bn2d(32),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(inplace=True), keras_bn2d(32),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(inplace=True),
             MaxPool2x2(), nn.Dropout(0.25),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), keras_bn2d(64),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), keras_bn2d(64),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
             MaxPool2x2(), nn.Dropout(0.25),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), keras_bn2d(128),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True), keras_bn2d(128),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5),
         )
         self.head = nn.Sequential(
-            l2(nn.Linear(128, 128)), nn.ReLU(), keras_bn1d(128), nn.Dropout(0.5),
+            l2(nn.Linear(128, 128)), nn.ReLU(inplace=True), keras_bn1d(128), nn.Dropout(0.5),
             nn.Linear(128, num_classes),
         )
         keras_init_(self)
 
 
 @register_model(
-    "cnn-enhanced", family="cnn", input_kind="image", recipe="cnn-enhanced",
+    "cnn-enhanced", family="cnn", input_kind="image", recipe="cnn-enhanced", train_settings=AMP_CL,
     reference="notebook 001 'Enhanced_CNN' (architecture and recipe; its printed 99.21% and "
               "89,634 params are hard-coded 'simulated' values, not measurements)",
 )

@@ -7,7 +7,7 @@ from torch import nn
 
 from digitlab.models._common import KerasFeaturesHead, gap_head, keras_bn2d, keras_init_, l2
 from digitlab.models.ops import MaxPool2x2
-from digitlab.models.registry import register_model
+from digitlab.models.registry import AMP_CL, register_model
 
 
 class DenseLayer(nn.Module):
@@ -16,8 +16,9 @@ class DenseLayer(nn.Module):
     def __init__(self, cin: int, growth_rate: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            keras_bn2d(cin), nn.ReLU(), l2(nn.Conv2d(cin, 4 * growth_rate, 1)),
-            keras_bn2d(4 * growth_rate), nn.ReLU(), l2(nn.Conv2d(4 * growth_rate, growth_rate, 3, padding=1)),
+            keras_bn2d(cin), nn.ReLU(inplace=True), l2(nn.Conv2d(cin, 4 * growth_rate, 1)),
+            keras_bn2d(4 * growth_rate), nn.ReLU(inplace=True),
+            l2(nn.Conv2d(4 * growth_rate, growth_rate, 3, padding=1)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +59,7 @@ class DenseNetMini(KerasFeaturesHead):
 
 @register_model(
     "densenet-mini", family="densenet", input_kind="image", recipe="densenet-mini",
+    train_settings=AMP_CL,
     reference="notebook 001 'DenseNet_Inspired' (architecture and recipe; its printed 99.34% and "
               "156,923 params are hard-coded 'simulated' values, not measurements)",
 )

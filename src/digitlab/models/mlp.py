@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
+from digitlab.data.pixel_stats import f_classif
 from digitlab.errors import DataError
 from digitlab.models._common import he_uniform, keras_bn1d, keras_init_
-from digitlab.models.registry import register_model
+from digitlab.models.registry import AMP, register_model
 
 NUM_PIXELS = 28 * 28
 
@@ -24,7 +26,7 @@ NUM_PIXELS = 28 * 28
 def _basic_builder(width: int) -> Callable[..., nn.Module]:
     def build(num_classes: int = 10) -> nn.Module:
         return keras_init_(nn.Sequential(
-            nn.Flatten(), nn.Linear(NUM_PIXELS, width), nn.ReLU(), nn.Linear(width, num_classes),
+            nn.Flatten(), nn.Linear(NUM_PIXELS, width), nn.ReLU(inplace=True), nn.Linear(width, num_classes),
         ))
 
     build.__doc__ = f"Flatten → Dense({width}) ReLU → Dense(10): notebook 000's basic MLP."
@@ -44,21 +46,21 @@ for _width, _ref in _BASIC_REFERENCE.items():
 
 # --------------------------------------------------------------------------- notebook 003
 
-@register_model("mlp-128-64", family="mlp", input_kind="flat", recipe="mlp-128-64",
+@register_model("mlp-128-64", family="mlp", input_kind="flat", recipe="mlp-128-64", train_settings=AMP,
                 reference="notebook 003: 97.46% test; 109,386 params")
 def mlp_128_64(num_classes: int = 10, dropout: float = 0.2) -> nn.Module:
     """784 → 128 ReLU → Dropout 0.2 → 64 ReLU → Dropout 0.2 → 10 (notebook 003)."""
     return keras_init_(nn.Sequential(
         nn.Flatten(),
-        nn.Linear(NUM_PIXELS, 128), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(128, 64), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(NUM_PIXELS, 128), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(128, 64), nn.ReLU(inplace=True), nn.Dropout(dropout),
         nn.Linear(64, num_classes),
     ))
 
 
 # --------------------------------------------------------------------------- notebook 004
 
-@register_model("mlp-bn", family="mlp", input_kind="flat", recipe="mlp-bn",
+@register_model("mlp-bn", family="mlp", input_kind="flat", recipe="mlp-bn", train_settings=AMP,
                 reference="notebook 004: 98.76% test; 569,226 trainable params "
                           "(+1,792 BN moving statistics in Keras' total)")
 def mlp_bn(num_classes: int = 10, dropouts: list[float] | tuple[float, ...] = (0.5, 0.4, 0.3)) -> nn.Module:
@@ -67,7 +69,7 @@ def mlp_bn(num_classes: int = 10, dropouts: list[float] | tuple[float, ...] = (0
     cin = NUM_PIXELS
     for width, p in zip((512, 256, 128), dropouts, strict=True):
         # Keras order: Dense(activation='relu', kernel_initializer=HeUniform()) → BN → Dropout
-        layers += [he_uniform(nn.Linear(cin, width)), nn.ReLU(), keras_bn1d(width), nn.Dropout(p)]
+        layers += [he_uniform(nn.Linear(cin, width)), nn.ReLU(inplace=True), keras_bn1d(width), nn.Dropout(p)]
         cin = width
     layers.append(nn.Linear(cin, num_classes))  # output layer keeps Keras' Glorot default
     return keras_init_(nn.Sequential(*layers))
@@ -78,30 +80,21 @@ def mlp_bn(num_classes: int = 10, dropouts: list[float] | tuple[float, ...] = (0
 def f_classif_scores(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
     """One-way ANOVA F statistic of every pixel against the labels (sklearn's ``f_classif``).
 
-    Vectorised over pixels and computed in float64 on the raw 0–255 values (the
-    F statistic is scale-invariant, and integer sums of up to 60k pixels are
-    exact in float64). Returns a float64 tensor of ``H·W`` scores; pixels that
-    are constant over the data get ``nan`` (sklearn does the same), pixels that
-    are constant within every class but not overall get ``inf``.
+    A torch front end to :func:`digitlab.data.pixel_stats.f_classif` (the project's
+    one F-test), which sums the raw 0–255 values exactly in integers (the F
+    statistic is scale-invariant). Returns a float64 tensor of ``H·W`` scores;
+    pixels that are constant over the data get ``nan`` (sklearn does the same),
+    pixels that are constant within every class but not overall get ``inf``.
+    Labels must be in ``0..num_classes-1``.
     """
-    x = images_u8.reshape(images_u8.shape[0], -1).to("cpu", torch.float64)
-    y = labels.to("cpu", torch.int64).reshape(-1)
-    n = x.shape[0]
-    if n != y.shape[0]:
-        raise DataError(f"f_classif_scores: {n} images but {y.shape[0]} labels")
-    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
-    present = counts > 0
-    k = int(present.sum())
-    if k < 2 or n <= k:
-        raise DataError(f"f_classif_scores: need at least 2 classes and more samples than classes "
-                        f"(got {k} classes, {n} samples)")
-    class_sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64).index_add_(0, y, x)
-    total = x.sum(0)
-    ss_total = (x * x).sum(0) - total * total / n
-    ss_between = (class_sums[present] ** 2 / counts[present, None]).sum(0) - total * total / n
-    ss_within = (ss_total - ss_between).clamp_min(0.0)  # rounding can leave −1e-9 on exact fits
-    f = (ss_between / (k - 1)) / (ss_within / (n - k))
-    return torch.where(ss_total > 0, f, torch.full_like(f, float("nan")))
+    x = images_u8.detach().to("cpu").reshape(images_u8.shape[0], -1).numpy()
+    y = labels.detach().to("cpu", torch.int64).reshape(-1).numpy()
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"f_classif_scores: {x.shape[0]} images but {y.shape[0]} labels")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"f_classif_scores: labels must be in 0..{num_classes - 1}")
+    scores, _ = f_classif(x, y)
+    return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float64))
 
 
 def select_pixels(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -139,6 +132,12 @@ class SelectedPixelMLP(nn.Module):
     lowest, the top ``k`` of the rest are kept.
     """
 
+    selected: torch.Tensor
+    nan_buffers = ("pixel_scores",)
+    """Buffers that hold NaN by design (checkpoint loading accepts NaN there only)."""
+    pixel_scores: torch.Tensor
+    prepared: torch.Tensor
+
     def __init__(self, num_features: int = 196, hidden: tuple[int, ...] = (256, 128),
                  dropouts: tuple[float, ...] = (0.3, 0.2), num_classes: int = 10) -> None:
         super().__init__()
@@ -147,13 +146,14 @@ class SelectedPixelMLP(nn.Module):
 
             raise ConfigError(f"mlp-selected: num_features must be in 1..{NUM_PIXELS}, got {num_features}")
         self.num_features = num_features
+        self.num_classes = num_classes
         self.register_buffer("selected", _central_pixels(num_features))
         self.register_buffer("pixel_scores", torch.full((NUM_PIXELS,), float("nan")))
         self.register_buffer("prepared", torch.tensor(False))
         layers: list[nn.Module] = []
         cin = num_features
         for width, p in zip(hidden, dropouts, strict=True):
-            layers += [nn.Linear(cin, width), nn.ReLU(), nn.Dropout(p)]
+            layers += [nn.Linear(cin, width), nn.ReLU(inplace=True), nn.Dropout(p)]
             cin = width
         layers.append(nn.Linear(cin, num_classes))
         self.mlp = keras_init_(nn.Sequential(*layers))
@@ -165,7 +165,7 @@ class SelectedPixelMLP(nn.Module):
     @torch.no_grad()
     def prepare(self, images_u8: torch.Tensor, labels: torch.Tensor) -> None:
         """Fit the pixel selection on training images (uint8 ``N×28×28``) and labels."""
-        scores = f_classif_scores(images_u8, labels, num_classes=self.mlp[-1].out_features)
+        scores = f_classif_scores(images_u8, labels, num_classes=self.num_classes)
         self.pixel_scores.copy_(scores.to(torch.float32))
         self.selected.copy_(select_pixels(scores, self.num_features))
         self.prepared.fill_(True)

@@ -11,18 +11,44 @@ Optional hooks, used by the training engine:
     selection) on the training split before training; stored in buffers;
   * ``model.fit_estimator(images_u8, labels)`` and ``uses_gradient = False``:
     models fitted in closed form / by scikit-learn instead of by SGD.
+Each model also records the training settings that measured fastest for it
+(:class:`TrainSettings`, :func:`train_settings`); ``digitlab bench zoo`` times them
+and ``scripts/measure_zoo_speed.py`` tabulates each setting on and off.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
 from digitlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a model trains fastest, measured per model (``scripts/measure_zoo_speed.py``).
+
+    Neither setting changes what the model computes beyond floating-point precision;
+    the training engine applies them as ``TrainConfig.amp`` / ``TrainConfig.channels_last``.
+    """
+
+    amp: bool = False
+    """bfloat16 autocast (on CPUs with AVX-512 BF16/AMX, CUDA GPUs that support bf16)."""
+    channels_last: bool = False
+    """Model weights and input batches in the channels-last memory format."""
+
+    def to_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+AMP = TrainSettings(amp=True)
+"""bf16 autocast only (measured faster than float32 and than adding channels-last)."""
+AMP_CL = TrainSettings(amp=True, channels_last=True)
+"""bf16 autocast and channels-last (each measured faster)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +67,8 @@ class ModelInfo:
     uses_gradient: bool = True
     """False for scikit-learn style baselines fitted without the SGD loop."""
     description: str = ""
+    train_settings: TrainSettings = field(default_factory=TrainSettings)
+    """The settings that measured fastest for this model (see :class:`TrainSettings`)."""
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -54,15 +82,16 @@ def register_model(
     reference: str = "",
     recipe: str | None = None,
     uses_gradient: bool = True,
+    train_settings: TrainSettings | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a builder function under ``name``."""
+    """Register a builder function under ``name`` (``train_settings``: its fastest settings, default all off)."""
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = ModelInfo(
             name=name, family=family, builder=fn, input_kind=input_kind, reference=reference,
-            recipe=recipe, uses_gradient=uses_gradient,
+            recipe=recipe, uses_gradient=uses_gradient, train_settings=train_settings or TrainSettings(),
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
         )
         return fn
@@ -91,6 +120,11 @@ def model_info(name: str) -> ModelInfo:
         ) from None
 
 
+def train_settings(name: str) -> TrainSettings:
+    """The fastest measured training settings of model ``name`` (ConfigError for an unknown name)."""
+    return model_info(name).train_settings
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model; the model remembers ``(name, kwargs)`` for checkpoints."""
     info = model_info(name)
@@ -98,8 +132,9 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         model = info.builder(**kwargs)
     except (TypeError, ValueError) as exc:  # unknown keyword, or a value the builder rejects
         raise ConfigError(f"bad arguments for model {name!r}: {exc}") from None
-    model.digitlab_name = name  # type: ignore[attr-defined]
-    model.digitlab_kwargs = dict(kwargs)  # type: ignore[attr-defined]
+    # plain attributes (not parameters or buffers): object.__setattr__ says so to the type checker too
+    object.__setattr__(model, "digitlab_name", name)
+    object.__setattr__(model, "digitlab_kwargs", dict(kwargs))
     return model
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from digitlab.models._common import KerasFeaturesHead, gap_head, keras_bn2d, keras_init_, l2
 from digitlab.models.ops import MaxPool2x2
-from digitlab.models.registry import register_model
+from digitlab.models.registry import AMP_CL, register_model
 
 
 class ResidualBlock(nn.Module):
@@ -20,16 +20,21 @@ class ResidualBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            l2(nn.Conv2d(cin, cout, 3, stride=stride, padding=1)), keras_bn2d(cout), nn.ReLU(),
+            l2(nn.Conv2d(cin, cout, 3, stride=stride, padding=1)), keras_bn2d(cout), nn.ReLU(inplace=True),
             l2(nn.Conv2d(cout, cout, 3, padding=1)), keras_bn2d(cout),
         )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(l2(nn.Conv2d(cin, cout, 1, stride=stride)), keras_bn2d(cout))
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
+        # add the shortcut into the body's output in place (its last op is BN, whose backward does
+        # not need its output); digitlab.models.ops.plain_copy turns this off
+        self.inplace = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+        out = self.body(x)
+        out = out.add_(self.shortcut(x)) if self.inplace else out + self.shortcut(x)
+        return self.act(out)
 
 
 class ResNetMini(KerasFeaturesHead):
@@ -45,7 +50,7 @@ class ResNetMini(KerasFeaturesHead):
         super().__init__()
         self.l2_lambda = l2_lambda
         layers: list[nn.Module] = [l2(nn.Conv2d(1, widths[0], 3, padding=1)), keras_bn2d(widths[0]),
-                                   nn.ReLU()]
+                                   nn.ReLU(inplace=True)]
         cin = widths[0]
         for i, width in enumerate(widths):
             if i > 0:
@@ -59,7 +64,7 @@ class ResNetMini(KerasFeaturesHead):
 
 
 @register_model(
-    "resnet-mini", family="resnet", input_kind="image", recipe="resnet-mini",
+    "resnet-mini", family="resnet", input_kind="image", recipe="resnet-mini", train_settings=AMP_CL,
     reference="notebook 001 'ResNet_Inspired' (architecture and recipe; its printed 99.47% and "
               "123,410 params are hard-coded 'simulated' values, not measurements)",
 )

@@ -7,7 +7,7 @@ from torch import nn
 
 from digitlab.models._common import KerasFeaturesHead, gap_head, keras_bn2d, keras_init_, l2
 from digitlab.models.ops import MaxPool2x2
-from digitlab.models.registry import register_model
+from digitlab.models.registry import AMP_CL, register_model
 
 
 class SqueezeExcitation(nn.Module):
@@ -21,12 +21,15 @@ class SqueezeExcitation(nn.Module):
         super().__init__()
         hidden = max(1, channels // ratio)
         self.fc = nn.Sequential(
-            l2(nn.Linear(channels, hidden)), nn.ReLU(),
+            l2(nn.Linear(channels, hidden)), nn.ReLU(inplace=True),
             l2(nn.Linear(hidden, channels)), nn.Sigmoid(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.fc(x.mean(dim=(2, 3)))
+        # the global average as sum × (1/HW): the same value to float rounding, and its backward is a
+        # broadcast view where mean's backward writes a full-size divided copy (measured ~20% faster
+        # for the 28×28 block's forward + backward in bf16)
+        weights = self.fc(x.sum(dim=(2, 3)) * (1.0 / (x.shape[2] * x.shape[3])))
         return x * weights[:, :, None, None]
 
 
@@ -43,7 +46,7 @@ class SECNN(KerasFeaturesHead):
         layers: list[nn.Module] = []
         cin = 1
         for i, width in enumerate((32, 64, 128)):
-            layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU(), keras_bn2d(width),
+            layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU(inplace=True), keras_bn2d(width),
                        SqueezeExcitation(width, ratio)]
             if i < 2:
                 layers.append(MaxPool2x2())
@@ -54,7 +57,7 @@ class SECNN(KerasFeaturesHead):
 
 
 @register_model(
-    "se-cnn", family="senet", input_kind="image", recipe="se-cnn",
+    "se-cnn", family="senet", input_kind="image", recipe="se-cnn", train_settings=AMP_CL,
     reference="notebook 001 'SE_CNN' (architecture and recipe; its printed 99.38% and 95,847 params "
               "are hard-coded 'simulated' values, not measurements)",
 )

@@ -1,5 +1,6 @@
 """Training engine: config, schedules, callbacks, the loop, checkpoints, runs."""
 
+from digitlab.checkpoint import build_meta, load_checkpoint, read_meta, save_checkpoint
 from digitlab.train.callbacks import (
     Callback,
     EarlyStopping,
@@ -9,7 +10,6 @@ from digitlab.train.callbacks import (
     ReduceLROnPlateau,
     TensorBoardLogger,
 )
-from digitlab.train.checkpoint import build_meta, load_checkpoint, read_meta, save_checkpoint
 from digitlab.train.config import TrainConfig
 from digitlab.train.loop import FitResult, Trainer, evaluate_split, fit
 from digitlab.train.run import RunResult, train_run

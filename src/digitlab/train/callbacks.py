@@ -1,7 +1,8 @@
 """Callbacks: objects notified at named events of the training loop.
 
 Events, in order: ``fit_start``, then per epoch ``epoch_start``, ``step_end``
-(every optimizer step), ``epoch_end`` (with the epoch's metrics), and finally
+(every optimizer step), ``validation_end`` (every ``eval_every_steps`` steps, with
+that history row), ``epoch_end`` (with the epoch's metrics), and finally
 ``fit_end``. ``interrupt`` fires on Ctrl-C before the resumable state is saved.
 A callback implements ``on_<event>(trainer, **payload)`` for the events it
 wants; ``state_dict``/``load_state_dict`` carry its state across a resume.
@@ -25,7 +26,7 @@ from digitlab.utils import write_text_atomic
 if TYPE_CHECKING:
     from digitlab.train.loop import Trainer
 
-EVENTS = ("fit_start", "epoch_start", "step_end", "epoch_end", "fit_end", "interrupt")
+EVENTS = ("fit_start", "epoch_start", "step_end", "validation_end", "epoch_end", "fit_end", "interrupt")
 HISTORY_FIELDS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "epoch_seconds")
 
@@ -135,7 +136,8 @@ class ReduceLROnPlateau(Callback):
 
 
 class History(Callback):
-    """Keeps the per-epoch metrics and writes ``history.csv`` after every epoch."""
+    """Writes ``history.csv`` (one row per epoch end and per ``eval_every_steps`` validation)
+    after every epoch and every validation."""
 
     name = "history"
     main_only = True
@@ -153,16 +155,35 @@ class History(Callback):
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_FIELDS})
         write_text_atomic(self.path, buf.getvalue())
 
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        self.on_epoch_end(trainer, metrics)
+
+
+def tensorboard_available() -> bool:
+    """Whether the optional ``tensorboard`` package (``digitlab[tensorboard]``) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+TENSORBOARD_OFF_MESSAGE = ("digitlab: TensorBoard logging is off (the tensorboard package is not installed; "
+                           "pip install 'digitlab[tensorboard]' turns it on, config tensorboard: false "
+                           "silences this)")
+
 
 class TensorBoardLogger(Callback):
-    """Scalars per step (loss, LR) and per epoch (all metrics) as TensorBoard events."""
+    """Scalars per step (loss, LR) and per epoch (all metrics) as TensorBoard events.
+
+    Needs the optional ``tensorboard`` package; :func:`digitlab.train.run.train_run` only adds this
+    callback when :func:`tensorboard_available`.
+    """
 
     name = "tensorboard"
     main_only = True
 
     def __init__(self, log_dir: str | os.PathLike[str], every: int = 50) -> None:
         self.log_dir, self.every = str(log_dir), every
-        self.writer = None
+        self.writer: Any = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         from torch.utils.tensorboard import SummaryWriter

@@ -86,6 +86,10 @@ class TrainConfig:
     """Batch augmentation applied to training batches (None: off)."""
     val_fraction: float = 0.1
     """Stratified share of the training set held out for validation."""
+    val_max_images: int | None = None
+    """Validate on at most this many images of the validation split (None: all of it). Frequent
+    validation of a big net on a CPU is costly; the first N images of the (stratified) split are a
+    fair sample."""
     early_stopping: bool = False
     """Stop when ``monitor`` stops improving."""
     monitor: str = "val_loss"
@@ -100,20 +104,35 @@ class TrainConfig:
     """Seed for initialisation, split, shuffling, augmentation and dropout."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
+    threads: int | None = None
+    """Intra-op CPU threads while training (None: torch's default, one per core). Restored when
+    training ends. On a machine shared with other jobs one thread keeps the step rate steady:
+    multi-threaded steps slow down many-fold when another process takes a core."""
     deterministic: bool = True
     """Use deterministic algorithms (exact resume; slightly slower on GPU)."""
-    channels_last: bool = False
-    """Use the channels-last memory format for conv nets."""
+    channels_last: bool | None = None
+    """Use the channels-last memory format for conv nets (None: the model's registered fastest setting,
+    see ``digitlab.models.train_settings``)."""
     bn_momentum: float | None = None
     """Override the momentum of every BatchNorm layer while training (None: the model's own).
     The notebook models use Keras' 0.99 (PyTorch momentum 0.01), whose running statistics need
     thousands of steps to settle: short runs want PyTorch's 0.1."""
-    amp: bool = False
-    """Mixed precision: bfloat16 autocast (CPUs with AVX-512 BF16/AMX, CUDA GPUs that support it)."""
+    amp: bool | None = None
+    """Mixed precision: bfloat16 autocast (CPUs with AVX-512 BF16/AMX, CUDA GPUs that support it).
+    None: the model's registered fastest setting (``digitlab.models.train_settings``), measured by
+    ``digitlab bench zoo``; ``false`` forces float32."""
     checkpoint_every: int = 0
     """Also save resumable state every N steps (0: only at epoch ends)."""
+    eval_every_steps: int = 0
+    """Also validate every N optimizer steps, adding a history row each time (0: only at epoch ends).
+    Learning curves of short runs need this; early stopping and plateau still look at epoch ends only."""
+    budget: str | None = None
+    """The training budget this run was given (``30s``, ``2epochs``, ``60000images``), for the record.
+    The loop obeys ``max_steps``; a time budget was turned into ``max_steps`` by measuring the step
+    rate, so re-running this config repeats the run exactly."""
     tensorboard: bool = True
-    """Write TensorBoard event files in the run directory."""
+    """Write TensorBoard event files in the run directory (needs the ``digitlab[tensorboard]`` extra;
+    without it training goes on and says once that TensorBoard logging is off)."""
     cv_folds: int = 0
     """scikit-learn baselines: run k-fold stratified cross-validation (0: off)."""
 
@@ -144,6 +163,10 @@ class TrainConfig:
             (0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}"),
             (self.patience >= 0 and self.plateau_patience >= 0, "patience values must be >= 0"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
+            (self.val_max_images is None or self.val_max_images >= 1,
+             f"val_max_images must be None or >= 1, got {self.val_max_images}"),
+            (self.threads is None or self.threads >= 1, f"threads must be None or >= 1, got {self.threads}"),
+            (self.eval_every_steps >= 0, f"eval_every_steps must be >= 0, got {self.eval_every_steps}"),
             (self.cv_folds == 0 or self.cv_folds >= 2, f"cv_folds must be 0 or >= 2, got {self.cv_folds}"),
             (self.bn_momentum is None or 0 < self.bn_momentum <= 1,
              f"bn_momentum must be in (0, 1], got {self.bn_momentum}"),
@@ -227,8 +250,9 @@ def config_fields_help() -> dict[str, str]:
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
     for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value).strip()  # type: ignore[attr-defined]
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)):
+            docs[node.target.id] = str(nxt.value.value).strip()
     return docs
 
 

@@ -57,8 +57,10 @@ def train_distributed(cfg: TrainConfig | None, out: str | os.PathLike[str], npro
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     out = Path(out)
     if not resume:
+        if cfg is None:
+            raise ConfigError("a new run needs a config (or --resume RUN_DIR)")
+        from digitlab.checkpoint import CONFIG_FILE
         from digitlab.models import create_model
-        from digitlab.train.run import CONFIG_FILE
         from digitlab.utils import ensure_new_dir, write_text_atomic
 
         create_model(cfg.model, **cfg.model_kwargs)  # bad model arguments: one error, no directory

@@ -7,7 +7,9 @@ saved step ends with exactly the weights of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,16 +18,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digitlab.checkpoint import RESUME_FILE
 from digitlab.data.augment import BatchAugmenter
-from digitlab.data.batches import BatchIterator, derive_seed, iterate_eval
+from digitlab.data.batches import BatchIterator, derive_seed
 from digitlab.data.splits import DataSplits, Split
+from digitlab.models import train_settings
+from digitlab.models.forward import predict_logits
 from digitlab.train.callbacks import Callback
 from digitlab.train.config import TrainConfig
 from digitlab.train.schedules import lr_at
 from digitlab.train.state_io import load_state, save_state
 from digitlab.utils import resolve_device
 
-RESUME_FILE = "resume.safetensors"
+__all__ = ["FitResult", "RESUME_FILE", "TrainState", "Trainer", "build_optimizer", "default_callbacks",
+           "evaluate_split", "fit", "preserved_torch_state"]
 
 
 @dataclass
@@ -42,7 +48,9 @@ class TrainState:
     lr_scale: float = 1.0
     """Factor applied by ReduceLROnPlateau."""
     train_seconds: float = 0.0
-    """Wall time spent in the loop (training + per-epoch validation)."""
+    """Wall time spent in the loop (training + validation)."""
+    val_seconds: float = 0.0
+    """The part of ``train_seconds`` spent validating (``train_seconds - val_seconds`` is step time)."""
     epoch_loss_sum: float = 0.0
     epoch_correct: float = 0.0
     epoch_count: float = 0.0
@@ -58,6 +66,8 @@ class FitResult:
     epochs_completed: int
     stop_reason: str | None
     notes: dict[str, Any]
+    val_seconds: float = 0.0
+    """Part of ``train_seconds`` spent validating."""
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -86,24 +96,46 @@ def default_callbacks(cfg: TrainConfig) -> list[Callback]:
     return out
 
 
-@torch.inference_mode()
 def evaluate_split(model: nn.Module, split: Split, batch_size: int = 1000,
                    channels_last: bool = False) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``split`` (eval mode)."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=split.labels.device)
-    correct = torch.zeros((), device=split.labels.device)
-    for start, x in zip(range(0, len(split), batch_size), iterate_eval(split.images, batch_size), strict=True):
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = split.labels[start:start + batch_size]
-        logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    model.train(was_training)
-    n = max(1, len(split))
-    return {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` (eval mode).
+
+    One batched forward pass through :func:`digitlab.models.forward.predict_logits`, the same
+    one every evaluation uses. ``channels_last`` is accepted for compatibility: a channels-last
+    model takes NCHW input as it is.
+    """
+    if len(split) == 0:
+        return {"loss": 0.0, "accuracy": 0.0}
+    logits = predict_logits(model, split.images, batch_size=batch_size)
+    labels = split.labels.cpu()
+    loss = float(F.cross_entropy(logits, labels, reduction="sum"))
+    correct = int((logits.argmax(1) == labels).sum())
+    n = len(split)
+    return {"loss": loss / n, "accuracy": correct / n}
+
+
+@contextlib.contextmanager
+def preserved_torch_state() -> Iterator[None]:
+    """Restore the process-wide torch state training changes: RNG states (CPU and CUDA),
+    ``torch.use_deterministic_algorithms`` (and its warn-only flag), the cuDNN flags and the
+    number of intra-op threads."""
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = torch.backends.cudnn
+    cudnn_flags = (cudnn.deterministic, cudnn.benchmark, cudnn.enabled)
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        cudnn.deterministic, cudnn.benchmark, cudnn.enabled = cudnn_flags
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 class Trainer:
@@ -117,8 +149,14 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.raw_model = model.to(self.device)
-        if cfg.channels_last:
-            self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
+        # the model's fastest measured settings apply unless the config says otherwise
+        name = getattr(model, "digitlab_name", None)  # set by create_model; absent for a hand-made module
+        fastest = train_settings(name) if name is not None else None
+        self.amp = bool(cfg.amp if cfg.amp is not None else fastest is not None and fastest.amp)
+        self.channels_last = bool(cfg.channels_last if cfg.channels_last is not None
+                                  else fastest is not None and fastest.channels_last)
+        if self.channels_last:
+            self.raw_model = self.raw_model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if cfg.bn_momentum is not None:
             for module in self.raw_model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -129,7 +167,10 @@ class Trainer:
 
             self.model = DistributedDataParallel(self.raw_model)
         self.train_split = splits.train.to(self.device)
-        self.val_split = splits.val.to(self.device) if splits.val is not None else None
+        val = splits.val
+        if val is not None and cfg.val_max_images is not None and len(val) > cfg.val_max_images:
+            val = Split(val.images[:cfg.val_max_images], val.labels[:cfg.val_max_images])
+        self.val_split = val.to(self.device) if val is not None else None
         self.run_dir = Path(run_dir) if run_dir else None
         all_callbacks = default_callbacks(cfg) + list(callbacks or [])
         self.callbacks = [cb for cb in all_callbacks if self.is_main or not cb.main_only]
@@ -174,7 +215,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from digitlab.train.checkpoint import _resize_buffers
+        from digitlab.checkpoint import _resize_buffers
 
         model_state = state["model"]
         _resize_buffers(self.raw_model, model_state)
@@ -209,12 +250,21 @@ class Trainer:
         self._count = torch.tensor(self.state.epoch_count, dtype=torch.float64, device=dev)
 
     def fit(self) -> FitResult:
+        """Train to the end of the config's epochs / ``max_steps``; the process-wide torch state
+        (RNG, deterministic-algorithms and cuDNN flags, threads) is restored when it returns."""
+        with preserved_torch_state():
+            return self._fit()
+
+    def _fit(self) -> FitResult:
         cfg = self.config
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self._fresh and hasattr(self.raw_model, "prepare"):
-            self.raw_model.prepare(self.train_split.images.cpu(), self.train_split.labels.cpu())
+            self.raw_model.prepare(self.train_split.images.cpu(),  # type: ignore[operator]
+                                   self.train_split.labels.cpu())
             self.raw_model.to(self.device)
         if not self.uses_gradient:
             return self._fit_estimator()
@@ -228,13 +278,17 @@ class Trainer:
             self.save_resume()
             raise
         self.state.finished = True
+        if self.channels_last:  # hand the model back in the usual layout, as checkpoints and inference expect
+            self.raw_model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         self.emit("fit_end")
         self.save_resume()
         return FitResult(self.state.history, self.state.train_seconds, self.state.step,
-                         self.state.epoch, self.stop_reason, self.notes)
+                         self.state.epoch, self.stop_reason, self.notes, self.state.val_seconds)
 
     def _run_epoch(self) -> None:
         cfg, state, model = self.config, self.state, self.model
+        optimizer = self.optimizer
+        assert optimizer is not None, "gradient models have an optimizer"
         self.batches.set_epoch(state.epoch)
         self._reset_accumulators()
         self.emit("epoch_start")
@@ -244,20 +298,20 @@ class Trainer:
             # dropout & co. draw from the global RNG: make it a function of the step
             torch.manual_seed(derive_seed(cfg.seed, state.step, 2))
             state.lr = lr_at(cfg, state.step, self.steps_per_epoch, self.total_steps) * state.lr_scale
-            for group in self.optimizer.param_groups:
+            for group in optimizer.param_groups:
                 group["lr"] = state.lr
-            if cfg.channels_last:
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             if self._l2 is not None:  # Keras-style L2 on the kernels a model chooses (notebook 001)
                 loss = loss + self._l2()
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            optimizer.step()
             with torch.no_grad():
                 n = y.numel()
                 self._loss_sum += loss.detach().double() * n
@@ -269,6 +323,11 @@ class Trainer:
             if cfg.max_steps is not None and state.step >= cfg.max_steps:
                 self.request_stop(f"max_steps={cfg.max_steps} reached")
                 break
+            if self.stop_reason is not None:  # a callback asked to stop mid-epoch
+                break
+            if (cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0
+                    and state.batch < self.steps_per_epoch):  # the epoch end validates anyway
+                self._validate_mid_epoch()
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                 state.train_seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -278,7 +337,9 @@ class Trainer:
                                    "train_loss": train_loss, "train_accuracy": train_acc,
                                    "val_loss": None, "val_accuracy": None}
         if self.val_split is not None and len(self.val_split):
-            val = evaluate_split(self.raw_model, self.val_split, cfg.eval_batch_size, cfg.channels_last)
+            v0 = time.perf_counter()
+            val = evaluate_split(self.raw_model, self.val_split, cfg.eval_batch_size, self.channels_last)
+            state.val_seconds += time.perf_counter() - v0
             metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
         state.train_seconds += time.perf_counter() - t0
         metrics["epoch_seconds"] = time.perf_counter() - t0
@@ -290,10 +351,26 @@ class Trainer:
         if state.epoch < cfg.epochs and self.stop_reason is None:
             self.save_resume()
 
+    def _validate_mid_epoch(self) -> None:
+        """A history row between epoch ends (``eval_every_steps``): running train metrics of the
+        epoch so far and the validation metrics now. Early stopping and plateau see epoch ends only."""
+        cfg, state = self.config, self.state
+        train_loss, train_acc = self._reduced_train_metrics()
+        row: dict[str, Any] = {"epoch": round(state.step / max(1, self.steps_per_epoch), 4), "step": state.step,
+                               "lr": state.lr, "train_loss": train_loss, "train_accuracy": train_acc,
+                               "val_loss": None, "val_accuracy": None, "epoch_seconds": None}
+        if self.val_split is not None and len(self.val_split):
+            v0 = time.perf_counter()
+            val = evaluate_split(self.raw_model, self.val_split, cfg.eval_batch_size, self.channels_last)
+            state.val_seconds += time.perf_counter() - v0
+            row["val_loss"], row["val_accuracy"] = val["loss"], val["accuracy"]
+        state.history.append(row)
+        self.emit("validation_end", metrics=row)
+
     def _autocast(self) -> Any:
         import contextlib
 
-        if not self.config.amp:
+        if not self.amp:
             return contextlib.nullcontext()
         if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return contextlib.nullcontext()  # fp16 would need loss scaling; stay in fp32
@@ -310,7 +387,8 @@ class Trainer:
 
     def _fit_estimator(self) -> FitResult:
         t0 = time.perf_counter()
-        self.raw_model.fit_estimator(self.train_split.images.cpu(), self.train_split.labels.cpu())
+        self.raw_model.fit_estimator(self.train_split.images.cpu(),  # type: ignore[operator]
+                                     self.train_split.labels.cpu())
         self.raw_model.to(self.device)
         seconds = time.perf_counter() - t0
         tr = evaluate_split(self.raw_model, self.train_split, self.config.eval_batch_size)

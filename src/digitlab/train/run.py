@@ -5,8 +5,8 @@ Layout of a run directory::
     config.yaml         the resolved TrainConfig
     model.safetensors   final weights + metadata (model name/kwargs, config, metrics, …)
     meta.json           the same metadata, readable
-    history.csv         per-epoch metrics
-    tensorboard/        TensorBoard event files
+    history.csv         metrics per epoch end and per ``eval_every_steps`` validation
+    tensorboard/        TensorBoard event files (with the digitlab[tensorboard] extra)
     resume.safetensors  resumable state while the run is unfinished
 """
 
@@ -20,14 +20,31 @@ from typing import Any
 
 import torch
 
+from digitlab.checkpoint import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    META_FILE,
+    RESUME_FILE,
+    TENSORBOARD_DIR,
+    build_meta,
+    save_run_checkpoint,
+)
 from digitlab.errors import CheckpointError
-from digitlab.train.callbacks import Callback, History, ProgressBar, TensorBoardLogger
-from digitlab.train.checkpoint import META_FILE, build_meta, save_run_checkpoint
+from digitlab.train.callbacks import (
+    TENSORBOARD_OFF_MESSAGE,
+    Callback,
+    History,
+    ProgressBar,
+    TensorBoardLogger,
+    tensorboard_available,
+)
 from digitlab.train.config import TrainConfig
-from digitlab.train.loop import RESUME_FILE, FitResult, Trainer, evaluate_split
+from digitlab.train.loop import FitResult, Trainer, evaluate_split, preserved_torch_state
 from digitlab.utils import ensure_new_dir, resolve_device, write_text_atomic
 
-CONFIG_FILE = "config.yaml"
+__all__ = ["CONFIG_FILE", "RunResult", "default_run_dir", "load_run_config", "train_run"]
+
+_told_tensorboard_off = False
 
 
 @dataclass
@@ -50,8 +67,18 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
     return TrainConfig.from_yaml(path)
 
 
+def _tensorboard_off() -> None:
+    """Say once per process (one line on stderr) that TensorBoard logging is off."""
+    global _told_tensorboard_off
+    if not _told_tensorboard_off:
+        import sys
+
+        print(TENSORBOARD_OFF_MESSAGE, file=sys.stderr, flush=True)
+        _told_tensorboard_off = True
+
+
 def train_run(
-    config: TrainConfig,
+    config: TrainConfig | None,
     out: str | os.PathLike[str] | None = None,
     *,
     resume: bool = False,
@@ -67,7 +94,17 @@ def train_run(
 
     ``resume=True`` continues the unfinished run in ``out`` with its saved config.
     ``evaluate_test=False`` skips scoring the test set (for callers that evaluate it themselves).
+    The process-wide torch state (global RNG, deterministic flags) is the same afterwards.
     """
+    with preserved_torch_state():
+        return _train_run(config, out, resume=resume, data_dir=data_dir, progress=progress,
+                          callbacks=callbacks, rank=rank, world_size=world_size, dataset=dataset,
+                          evaluate_test=evaluate_test)
+
+
+def _train_run(config: TrainConfig | None, out: str | os.PathLike[str] | None, *, resume: bool,
+               data_dir: str | os.PathLike[str] | None, progress: bool, callbacks: list[Callback] | None,
+               rank: int, world_size: int, dataset: Any, evaluate_test: bool) -> RunResult:
     from digitlab.data import load_dataset, make_splits
     from digitlab.models import create_model
 
@@ -81,6 +118,8 @@ def train_run(
         if not (run_dir / RESUME_FILE).is_file():
             raise CheckpointError(f"{run_dir}: no {RESUME_FILE}; cannot resume")
         config = load_run_config(run_dir)
+    if config is None:
+        raise CheckpointError("train_run needs a config unless it resumes a run")
     torch.manual_seed(config.seed)  # initialisation is part of the seed's promise
     # built before anything touches the disk: bad model arguments leave no half-made run directory
     model = create_model(config.model, **config.model_kwargs)
@@ -98,15 +137,18 @@ def train_run(
 
     cbs: list[Callback] = []
     if run_dir is not None:
-        cbs.append(History(run_dir / "history.csv"))
-        if config.tensorboard:
-            cbs.append(TensorBoardLogger(run_dir / "tensorboard"))
+        cbs.append(History(run_dir / HISTORY_FILE))
+        if config.tensorboard and is_main:
+            if tensorboard_available():
+                cbs.append(TensorBoardLogger(run_dir / TENSORBOARD_DIR))
+            else:
+                _tensorboard_off()
     if progress:
         cbs.append(ProgressBar())
     cbs.extend(callbacks or [])
     trainer = Trainer(model, splits, config, cbs, run_dir=run_dir, device=device,
                       rank=rank, world_size=world_size)
-    if resume:
+    if resume and run_dir is not None:
         trainer.resume_from(run_dir)
     t0 = time.perf_counter()
     result = trainer.fit()
@@ -120,7 +162,8 @@ def train_run(
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"),
         "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
-        "train_seconds": result.train_seconds, "fit_seconds": total_seconds,
+        "train_seconds": result.train_seconds, "val_seconds": result.val_seconds,
+        "fit_seconds": total_seconds,
         "epochs_completed": result.epochs_completed, "steps": result.steps,
         "stop_reason": result.stop_reason, **result.notes,
     }

@@ -29,6 +29,10 @@
   let lastResult = null;
   let requests = 0;         // predictions asked for (tests check live updates)
 
+  // a server started with --token: open the page as /#token=TOKEN (the fragment never leaves the browser)
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  const auth = token ? { Authorization: `Bearer ${token}` } : {};
+
   // ------------------------------------------------------------------ drawing
 
   function resetPaper() {
@@ -141,7 +145,7 @@
     try {
       const r = await fetch("/api/predict", {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: { "Content-Type": "application/json", ...auth },
         body: JSON.stringify(payload),
       });
       const body = await r.json().catch(() => ({}));
@@ -160,11 +164,15 @@
   function show(res, v) {
     shownVersion = v;
     lastResult = res;
-    predictionEl.textContent = String(res.label);
-    predictionEl.dataset.label = String(res.label);
+    if (res.label == null) {                   // the server abstained (nothing drawn)
+      predictionEl.textContent = "–";
+    } else {
+      predictionEl.textContent = res.name != null ? String(res.name) : String(res.label);  // class name
+    }
+    predictionEl.dataset.label = res.label == null ? "" : String(res.label);
     predictionEl.dataset.version = String(v);
-    confidenceEl.textContent = res.blank ? "no ink found" : `${(100 * res.confidence).toFixed(1)}% sure`;
-    renderBars(res.probabilities);
+    confidenceEl.textContent = res.label == null ? "no digit found" : `${(100 * res.confidence).toFixed(1)}% sure`;
+    renderBars(res.probabilities);               // null when the server abstained: empty bars
     renderPreview(res.preprocessed);
     setStatus(`${res.elapsed_ms} ms on the server`);
   }
@@ -219,7 +227,7 @@
     form.append("file", file);
     setStatus(`Uploading ${file.name}…`);
     try {
-      const r = await fetch("/api/predict", { method: "POST", body: form });
+      const r = await fetch("/api/predict", { method: "POST", body: form, headers: auth });
       const body = await r.json().catch(() => ({}));
       if (!r.ok) throw new Error(body.detail || `HTTP ${r.status}`);
       clearAll();
@@ -235,11 +243,17 @@
 
   // ------------------------------------------------------------------ start
 
-  fetch("/api/models").then((r) => r.json()).then((m) => {
+  fetch("/api/models", { headers: auth }).then((r) => r.json()).then((m) => {
     const info = (m.models || [])[0] || {};
     const acc = info.metrics && info.metrics.test_accuracy;
+    const dataset = info.dataset || "mnist";
     document.getElementById("model-name").textContent =
-      `Model: ${info.model || "?"}${acc ? ` (${(100 * acc).toFixed(2)}% on the MNIST test set)` : ""}.`;
+      `Model: ${info.model || "?"}${acc ? ` (${(100 * acc).toFixed(2)}% on the ${dataset} test set)` : ""}.`;
+    if (Array.isArray(info.class_names)) {     // bars labelled with the model's class names
+      info.class_names.forEach((name, d) => {
+        if (bars[d]) bars[d].li.querySelector(".digit").textContent = String(name);
+      });
+    }
   }).catch(() => {});
 
   resetPaper();

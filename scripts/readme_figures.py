@@ -1,0 +1,352 @@
+#!/usr/bin/env python
+"""Measure the figures the README and docs quote, and write them into the text.
+
+Every figure in README.md and docs/*.md sits between markers
+``<!-- figure:NAME -->`` and ``<!-- /figure:NAME -->`` and is rendered from
+``results/NAME.json``, which the command registered below for NAME writes.
+Nothing between the markers is edited by hand.
+
+    python scripts/readme_figures.py measure [NAME ...]   # run the commands (all, or the named ones)
+    python scripts/readme_figures.py render               # rewrite the marked blocks from results/
+    python scripts/readme_figures.py list                 # names, commands, and whether results exist
+
+Run ``measure`` on an otherwise idle machine: timings drift with other load.
+Set DIGITLAB_DATA_DIR to a folder with the MNIST IDX files first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DIGITLAB = str(ROOT / ".venv" / "bin" / "digitlab")
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured result: the command that writes ``results/NAME.json`` and how the text shows it."""
+
+    command: str
+    """Shell command (from the repository root) whose stdout is the JSON result; {tmp} is a scratch folder."""
+    render: Callable[[dict[str, Any]], str]
+    """Markdown for the text, from the JSON."""
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return f"{100 * x:.{digits}f}%"
+
+
+def _machine(m: dict[str, Any] | None) -> str:
+    if not m:
+        return ""
+    gpu = f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU"
+    return (f"Machine: {m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} torch "
+            f"threads, torch {m.get('torch', '?')}{gpu}.")
+
+
+def render_data(r: dict[str, Any]) -> str:
+    p, c, cr = r["parse_from_gz"], r["cached_load"], r["cached_load_plus_full_read"]
+    aug = r["augment_per_epoch"]
+    rows = [
+        ("parse the four `.gz` files (gunzip, SHA-256, validation, tensors)", f"{p['median_s']:.3f} s"),
+        ("first load including writing the cache", f"{r['first_load_writing_cache_s']:.3f} s"),
+        ("**cached load of the whole dataset**",
+         f"**{1000 * c['median_s']:.1f} ms** ({p['median_s'] / c['median_s']:.0f}× faster than parsing)"),
+        ("cached load + touching every pixel once", f"{1000 * cr['median_s']:.0f} ms"),
+    ]
+    for name, a in aug.items():
+        rows.append((f"batch augmentation of {a['images']:,} images (batch {r['augment_batch_size']}): {name}",
+                     f"{a['median_s']:.2f} s"))
+    table = "| operation | time (median of {}) |\n|---|---|\n".format(r.get("repeats", "?"))
+    table += "\n".join(f"| {a} | {b} |" for a, b in rows)
+    return table + "\n\n" + _machine(r.get("machine"))
+
+
+def _bench_block(r: dict[str, Any]) -> tuple[str, str]:
+    s = r["summary"]
+    acc, t = s["test_accuracy"], s["train_seconds"]
+    line = (f"{r['recipe']}: {_pct(acc['mean'])} ± {_pct(acc['std'])} (min {_pct(acc['min'])}) over "
+            f"{len(r['runs'])} seeds; training {t['median']:.2f} s median")
+    return r["recipe"], line
+
+
+def render_bench_vs(r: dict[str, Any]) -> str:
+    other = r["vs"]
+    head = f"| seed | {r['recipe']}: test acc. | {r['recipe']}: train s | {other['recipe']}: test acc. | " \
+           f"{other['recipe']}: train s |\n|---|---|---|---|---|\n"
+    rows = [f"| {a['seed']} | {_pct(a['test_accuracy'])} | {a['train_seconds']:.2f} | {_pct(b['test_accuracy'])} | "
+            f"{b['train_seconds']:.2f} |" for a, b in zip(r["runs"], other["runs"], strict=True)]
+    lines = [_bench_block(r)[1], _bench_block(other)[1],
+             f"**ratio of median training times {r['recipe']}/{other['recipe']}: "
+             f"{r['ratio_median_train_seconds']:.2f}**"]
+    return head + "\n".join(rows) + "\n\n" + "; ".join(lines) + ". " + _machine(r.get("machine"))
+
+
+def render_bench(r: dict[str, Any]) -> str:
+    rows = [f"| {x['seed']} | {_pct(x['test_accuracy'])} | {x['train_seconds']:.2f} |" for x in r["runs"]]
+    ds = r.get("dataset", "mnist")
+    return (f"| seed | {ds} test accuracy | train s |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
+            + _bench_block(r)[1] + ". " + _machine(r.get("machine")))
+
+
+def render_evaluate(r: dict[str, Any]) -> str:
+    lines = [
+        "| model | dataset | test images | accuracy | errors | top-3 | ECE (15 bins) | macro F1 | parameters |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {r.get('model')} | {r.get('dataset')} {r.get('split')} | {r['n']:,} | **{_pct(r['accuracy'])}** | "
+        f"{r['n'] - round(r['accuracy'] * r['n'])} | {_pct(r['top3'])} | {_pct(r['ece'])} | "
+        f"{r['macro_avg']['f1']:.4f} | {r['parameters']:,} |",
+    ]
+    return "\n".join(lines)
+
+
+def render_onnx(r: dict[str, Any]) -> str:
+    b = r.get("benchmark", {})
+    rows = []
+    acc = {"torch": r["verification"].get("accuracy_torch"), "onnx-fp32": r["verification"].get("accuracy"),
+           "onnx-int8": r.get("int8", {}).get("accuracy")}
+    sizes = {"torch": r.get("checkpoint_bytes"), "onnx-fp32": r["onnx"]["bytes"],
+             "onnx-int8": r.get("int8", {}).get("bytes")}
+    for name, x in b.get("backends", {}).items():
+        key = "torch" if name.startswith("torch") or name.startswith("pytorch") else name
+        a = acc.get(key)
+        size = sizes.get(key)
+        rows.append(f"| {name} | {_pct(a) if a is not None else '—'} | {x['batch1_p50_ms']:.2f} ms | "
+                    f"{x['batch1_p95_ms']:.2f} ms | {x['throughput_images_per_s']:,.0f} img/s | "
+                    f"{f'{size:,} B' if size else '—'} |")
+    v = r["verification"]
+    note = (f"ONNX fp32 agrees with PyTorch on {_pct(v['argmax_agreement'])} of the {v['images']:,} "
+            f"{v.get('dataset', '')} {v.get('split', '')} images (max probability difference "
+            f"{v['max_abs_prob_diff']:.1e}).")
+    if "int8" in r:
+        q = r["int8"]
+        note += (f" int8 changes accuracy by {q['accuracy_change_points']:+.2f} points at "
+                 f"{100 * q['size_ratio']:.0f}% of the size.")
+    threads = b.get("threads", "?")
+    return (f"| backend ({threads} thread) | accuracy | batch-1 p50 | batch-1 p95 | throughput | file |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + note)
+
+
+def render_train(r: dict[str, Any]) -> str:
+    return ("| model | test accuracy | test loss | training |\n|---|---|---|---|\n"
+            f"| {r.get('model', '?')} | **{_pct(r['test_accuracy'])}** | {r['test_loss']:.4f} | "
+            f"{r['train_seconds']:,.0f} s |")
+
+
+def render_variants(r: dict[str, Any]) -> str:
+    head = (f"| variant | change | median train s | time vs shipped | test acc. mean | min ({r['seeds']} seeds) |\n"
+            "|---|---|---|---|---|---|\n")
+    rows = [f"| {v['variant']} | {v['change']} | {v['median_train_seconds']:.2f} | "
+            f"{v['time_vs_shipped']:.2f}× | {_pct(v['accuracy_mean'])} | {_pct(v['accuracy_min'])} |"
+            for v in r["variants"]]
+    return head + "\n".join(rows) + "\n\n" + _machine(r.get("machine"))
+
+
+def render_pictures(r: dict[str, Any]) -> str:
+    what = {"digit": "read right", "no digit": "answered “no digit”", "number": "whole number exact"}
+    head = "| picture set | n | result | refusals | median confidence |\n|---|---|---|---|---|\n"
+    rows = []
+    for name, x in r["sets"].items():
+        conf = f"{x['median_confidence']:.2f}" if x.get("median_confidence") is not None else "—"
+        refused = str(x["refused"]) if x["kind"] == "digit" else "—"
+        rows.append(f"| {name} | {x['n']} | {_pct(x['rate'], 1)} {what[x['kind']]} | {refused} | {conf} |")
+    return head + "\n".join(rows) + f"\n\nModel: `{r['model']}`; pictures seeded with {r['seed']}."
+
+
+def render_robustness(r: dict[str, Any]) -> str:
+    out = []
+    c = r.get("corruptions")
+    if c:
+        rows = [f"| {name} | {_pct(acc, 1)} |" for name, acc in c["per_corruption"].items()]
+        out.append(f"Corruptions (MNIST-C, {c['n']:,} test images, severity {c['severity']:g}): clean "
+                   f"{_pct(c['clean_accuracy'])}, **mean {_pct(c['mean'])}**.\n\n"
+                   "| corruption | accuracy |\n|---|---|\n" + "\n".join(rows))
+    a = r.get("adversarial")
+    if a:
+        rows = [f"| {eps} | {_pct(a['fgsm'][eps])} | {_pct(a['pgd'][eps])} |" for eps in a["fgsm"]]
+        checks = "passed" if a["monotone"] and a["pgd_at_most_fgsm"] else "FAILED: " + "; ".join(a["warnings"])
+        out.append(f"Attacks on {a['n']:,} test images ({a['attack']}; sanity checks {checks}):\n\n"
+                   "| ε | FGSM | PGD |\n|---|---|---|\n" + "\n".join(rows))
+    return "\n\n".join(out)
+
+
+def render_label_issues(r: dict[str, Any]) -> str:
+    rows = [f"| {x['index']} | {x.get('name', x['label'])} | {x.get('suggested_name', x['suggested'])} | "
+            f"{x['score']:.3f} |" for x in r["issues"]]
+    return ("| test image | given label | suggested | label quality |\n|---|---|---|---|\n" + "\n".join(rows))
+
+
+def render_sweep(r: dict[str, Any]) -> str:
+    rows = []
+    for t in r["trials"]:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
+        value = f"{_pct(t['value'])}" if t.get("value") is not None else "—"
+        rows.append(f"| {t['number']} | {t['state'].lower()} | {value} | {t.get('steps') or '—'} | {params} |")
+    best, test = r.get("best"), r.get("test")
+    tail = ""
+    if best and test:
+        tail = (f"\n\nBest: trial {best['number']} ({_pct(best['val_accuracy'])} validation); the test set, scored "
+                f"once for it: {_pct(test['test_accuracy'])}. {r['counts']['complete']} complete, "
+                f"{r['counts']['pruned']} pruned, {r['seconds']:.0f} s.")
+    return ("| trial | state | validation accuracy | steps | parameters |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + tail)
+
+
+def render_zoo(r: dict[str, Any]) -> str:
+    rows = []
+    for x in r["models"]:
+        st = x["settings"]
+        used = ", ".join(k for k in ("amp", "channels_last") if st.get(k)) or "fp32"
+        rows.append(f"| {x['model']} | {x['engine_ms_per_step']:.1f} | {x['plain_ms_per_step']:.1f} | "
+                    f"**{x['ratio']:.2f}** | {used.replace('amp', 'bf16 autocast')} |")
+    first = r["models"][0]["settings"] if r["models"] else {}
+    return ("| model | engine ms/step | plain loop ms/step | ratio | engine settings |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + f"\n\nBatch {first.get('batch_size', '?')}, {first.get('steps', '?')} timed "
+            f"steps per block, {first.get('rounds', '?')} alternating blocks per loop (medians). "
+            + _machine(r.get("machine")))
+
+
+def render_study(r: dict[str, Any]) -> str:
+    head = ("| model | test accuracy (mean ± std over seeds) | seeds | train s | steps | epochs | parameters | "
+            "latency ms (batch 1) |\n|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for m in r["models"]:
+        std = f" ± {_pct(m['accuracy_std'])}" if m.get("accuracy_std") else ""
+        lat = f"{m['latency_ms_p50']:.3f}" if m.get("latency_ms_p50") is not None else "—"
+        train = f"{m['train_seconds_mean']:,.1f}" if m.get("train_seconds_mean") is not None else "—"
+        epochs = f"{m['epochs_trained']:.2f}" if m.get("epochs_trained") is not None else "—"
+        name = m["model"] + (" — reference, not trained by the study" if m.get("reference") else "")
+        rows.append(f"| {name} | {_pct(m['accuracy_mean'])}{std} | {len(m['seeds'])} | {train} | "
+                    f"{m['steps'] if m.get('steps') is not None else '—'} | {epochs} | {m['parameters']:,} | {lat} |")
+    verdict = []
+    for rec in r["recommendations"]:
+        pick = rec["model"] if rec["decided"] else "tied: " + ", ".join([rec["model"], *rec["tied_with"]])
+        verdict.append(f"- **{rec['role']}**: {pick} — {rec['reason']}")
+    alerts = [f"- {a['message']}" for a in r.get("alerts", []) if a["kind"] != "noisy-timing"]
+    noisy = [a["model"] for a in r.get("alerts", []) if a["kind"] == "noisy-timing"]
+    if noisy:
+        alerts.append(f"- noisy timings: the batch-1 latency of {len(noisy)} of the {len(r['models'])} rows varied "
+                      "by more than half its median between timing rounds (each is listed in the report)")
+    return (f"Budget {r['budget']} of training per run; wall time of the whole study **{r['wall_seconds']:.0f} s**."
+            "\n\nVerdict:\n\n" + "\n".join(verdict) + "\n\n" + head + "\n".join(rows)
+            + ("\n\nAlerts:\n\n" + "\n".join(alerts) if alerts else ""))
+
+
+FIGURES: dict[str, Figure] = {
+    "data_loading": Figure(f"{PYTHON} scripts/measure_data.py --json", render_data),
+    "bench_fast_vs_plain": Figure(f"{DIGITLAB} bench fast --seeds 5 --vs plain --json --quiet", render_bench_vs),
+    "study_quick": Figure(f"{DIGITLAB} study --preset quick --out {{tmp}}/quick --json --quiet", render_study),
+    "bench_zoo": Figure(f"{DIGITLAB} bench zoo --json --quiet", render_zoo),
+    "bench_fast_fashion": Figure(f"{DIGITLAB} bench fast --dataset fashion-mnist --seeds 3 --json --quiet",
+                                 render_bench),
+    "default_evaluate": Figure(f"{DIGITLAB} evaluate default --json --quiet", render_evaluate),
+    "default_onnx": Figure(f"{DIGITLAB} export default --format onnx --quantize int8 --benchmark --threads 1 "
+                           "--out {tmp}/default.onnx --json --quiet", render_onnx),
+    "pictures": Figure(f"{PYTHON} scripts/measure_pictures.py --n 200 --json", render_pictures),
+    "robustness_default": Figure(f"{DIGITLAB} robustness default --suite all --limit 2000 --json --quiet",
+                                 render_robustness),
+    "label_issues_mnist_test": Figure(f"{DIGITLAB} label-issues --top 16 --json --quiet", render_label_issues),
+    "sweep_mlp_width": Figure(f"{DIGITLAB} sweep mlp-width --n-trials 4 --set max_steps=30 --out {{tmp}}/sweep "
+                              "--json --quiet", render_sweep),
+    # long experiments (docs/experiments.md): minutes to hours each on a 2-core CPU
+    "fast_variants": Figure(f"{PYTHON} scripts/measure_fast_variants.py --seeds 5 --json", render_variants),
+    "recipe_mlp_128_64": Figure(f"{DIGITLAB} train --config mlp-128-64 --out {{tmp}}/run --json --quiet",
+                                render_train),
+    "recipe_cnn_simple": Figure(f"{DIGITLAB} train --config cnn-simple --out {{tmp}}/run --json --quiet",
+                                render_train),
+    "recipe_cnn_deep": Figure(f"{DIGITLAB} train --config cnn-deep --out {{tmp}}/run --json --quiet",
+                              render_train),
+    "bench_best": Figure(f"{DIGITLAB} bench best --seeds 3 --json --quiet", render_bench),
+    "bench_fast_vs_reference": Figure(f"{DIGITLAB} bench fast --vs reference --seeds 1 --json --quiet",
+                                      render_bench_vs),
+}
+
+
+def shown_command(name: str) -> str:
+    """The command as a reader would type it (digitlab on PATH, no scratch paths)."""
+    cmd = FIGURES[name].command.replace(DIGITLAB, "digitlab").replace(PYTHON, "python")
+    return cmd.replace("{tmp}/", "")
+
+
+def measure(names: list[str]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    for name in names:
+        fig = FIGURES[name]
+        with tempfile.TemporaryDirectory(prefix="digitlab-figure-") as tmp:
+            cmd = fig.command.replace("{tmp}", tmp)
+            print(f"== {name}: {cmd}", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            out = subprocess.run(shlex.split(cmd), cwd=ROOT, stdout=subprocess.PIPE, check=True, text=True).stdout
+            wall = time.perf_counter() - t0
+        result = json.loads(out)
+        record = {"command": shown_command(name), "wall_seconds": wall, "result": result}
+        tmp_path = RESULTS / f".{name}.json.tmp"
+        tmp_path.write_text(json.dumps(record, indent=1) + "\n")
+        tmp_path.replace(RESULTS / f"{name}.json")
+
+
+MARK = re.compile(r"(<!-- figure:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /figure:(?P=name) -->)", re.S)
+
+
+def render() -> int:
+    missing = 0
+    for doc in DOCS:
+        if not doc.is_file():
+            continue
+        text = doc.read_text()
+
+        def fill(m: re.Match[str], doc: Path = doc) -> str:
+            nonlocal missing
+            name = m.group("name")
+            path = RESULTS / f"{name}.json"
+            if name not in FIGURES:
+                raise SystemExit(f"{doc.name}: unknown figure {name!r}")
+            if not path.is_file():
+                missing += 1
+                body = f"*Not measured yet: `python scripts/readme_figures.py measure {name}`.*"
+            else:
+                rec = json.loads(path.read_text())
+                body = (f"`{rec['command']}` (results/{name}.json):\n\n" + FIGURES[name].render(rec["result"]))
+            return m.group(1) + body.rstrip() + "\n" + m.group(4)
+
+        new = MARK.sub(fill, text)
+        if new != text:
+            doc.write_text(new)
+            print(f"updated {doc.relative_to(ROOT)}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["measure", "render", "list"])
+    ap.add_argument("names", nargs="*", help="figures to measure (default: all)")
+    args = ap.parse_args(argv)
+    if args.action == "list":
+        for name in FIGURES:
+            have = "measured" if (RESULTS / f"{name}.json").is_file() else "missing"
+            print(f"{name:24s} {have:9s} {shown_command(name)}")
+        return 0
+    if args.action == "measure":
+        unknown = [n for n in args.names if n not in FIGURES]
+        if unknown:
+            raise SystemExit(f"unknown figure(s): {', '.join(unknown)}; known: {', '.join(FIGURES)}")
+        measure(args.names or list(FIGURES))
+    return render()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
