@@ -246,6 +246,15 @@ def render_study(r: dict[str, Any]) -> str:
             + ("\n\nAlerts:\n\n" + "\n".join(alerts) if alerts else ""))
 
 
+def render_finetune(r: dict[str, Any]) -> str:
+    rows = [f"| {name} | {_pct(v['accuracy_mean'])} ± {_pct(v['accuracy_std'])} | {v['train_seconds_median']:.1f} s |"
+            for name, v in r["variants"].items()]
+    return (f"Source: {r['model']} trained {r['source_steps']} steps on MNIST ({_pct(r['source_mnist_accuracy'])}); "
+            f"every Fashion-MNIST run: {r['steps']} steps of the same recipe, seeds 0–{r['seeds'] - 1}.\n\n"
+            "| Fashion-MNIST run | test accuracy (mean ± std) | training (median) |\n|---|---|---|\n"
+            + "\n".join(rows) + "\n\n" + _machine(r.get("machine")))
+
+
 FIGURES: dict[str, Figure] = {
     "data_loading": Figure(f"{PYTHON} scripts/measure_data.py --json", render_data),
     "bench_fast_vs_plain": Figure(f"{DIGITLAB} bench fast --seeds 5 --vs plain --json --quiet", render_bench_vs),
@@ -262,6 +271,7 @@ FIGURES: dict[str, Figure] = {
     "label_issues_mnist_test": Figure(f"{DIGITLAB} label-issues --top 16 --json --quiet", render_label_issues),
     "sweep_mlp_width": Figure(f"{DIGITLAB} sweep mlp-width --n-trials 4 --set max_steps=30 --out {{tmp}}/sweep "
                               "--json --quiet", render_sweep),
+    "finetune_fashion": Figure(f"{PYTHON} scripts/measure_finetune.py --json", render_finetune),
     # long experiments (docs/experiments.md): minutes to hours each on a 2-core CPU
     "fast_variants": Figure(f"{PYTHON} scripts/measure_fast_variants.py --seeds 5 --json", render_variants),
     "recipe_mlp_128_64": Figure(f"{DIGITLAB} train --config mlp-128-64 --out {{tmp}}/run --json --quiet",

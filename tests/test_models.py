@@ -634,3 +634,14 @@ def test_train_settings_are_recorded_per_model():
     assert model_info("densenet-mini").train_settings is train_settings("densenet-mini")
     with pytest.raises(ConfigError):
         train_settings("no-such-model")
+
+
+def test_cnn_simple_width_scales_the_filters_and_keeps_the_notebook_default():
+    from digitlab.errors import ConfigError
+
+    assert count_parameters(create_model("cnn-simple")) == count_parameters(create_model("cnn-simple", width=32))
+    narrow = create_model("cnn-simple", width=16)
+    assert narrow[0].out_channels == 16 and narrow[3].out_channels == 32 and narrow[-1].in_features == 32
+    assert narrow(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ConfigError):
+        create_model("cnn-simple", width=0)

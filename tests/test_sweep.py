@@ -47,11 +47,12 @@ def test_shipped_spaces_load_and_validate() -> None:
     cnn = load_space("cnn-simple-tune")
     cnn.check({"max_steps": 30})
     names = {p.name: p for p in cnn.params}
-    assert set(names) == {"model_kwargs.dropout", "lr", "batch_size"}
+    assert set(names) == {"model_kwargs.dropout", "model_kwargs.width", "lr", "batch_size"}
     assert names["lr"].log and names["lr"].type == "float"
-    cfg = cnn.config_for({"model_kwargs.dropout": 0.3, "lr": 0.002, "batch_size": 64}, {"max_steps": 30})
+    cfg = cnn.config_for({"model_kwargs.dropout": 0.3, "model_kwargs.width": 16, "lr": 0.002, "batch_size": 64},
+                         {"max_steps": 30})
     assert (cfg.model, cfg.model_kwargs, cfg.lr, cfg.batch_size, cfg.max_steps) == (
-        "cnn-simple", {"dropout": 0.3}, 0.002, 64, 30)
+        "cnn-simple", {"dropout": 0.3, "width": 16}, 0.002, 64, 30)
 
 
 @pytest.mark.parametrize(("body", "fragment"), [
@@ -78,8 +79,8 @@ def test_bad_space_is_a_config_error_naming_the_key(tmp_path: Path, body: str, f
 
 @pytest.mark.parametrize(("body", "overrides", "fragment"), [
     ("model: no-such-model\nconfig: {lr: {type: float, low: 0.001, high: 0.01}}", {}, "unknown model"),
-    ("model: cnn-simple\nmodel_kwargs: {width: {type: int, low: 8, high: 64}}", {},
-     "model_kwargs.width: model 'cnn-simple' takes no argument 'width'"),
+    ("model: cnn-simple\nmodel_kwargs: {depth: {type: int, low: 8, high: 64}}", {},
+     "model_kwargs.depth: model 'cnn-simple' takes no argument 'depth'"),
     ("model: mlp-basic-128\nconfig: {lr: {type: float, low: -1, high: 0.01}}", {}, "space parameter lr"),
     ("model: mlp-basic-128\nconfig: {lr: {type: float, low: 0.001, high: 0.01}}", {"val_fraction": 0},
      "val_fraction must be > 0"),

@@ -19,6 +19,8 @@ EPILOG = """examples:
   digitlab train --model logreg --set cv_folds=5 --out runs/logreg
   digitlab train --resume runs/deep                         # after Ctrl-C or a crash
   digitlab train --model cnn-simple --dry-run               # two steps, smoke test
+  digitlab train --init-from runs/a --dataset fashion-mnist --out runs/ft          # fine-tune a run
+  digitlab train --init-from runs/a --freeze --dataset fashion-mnist --max-steps 200  # train only the head
 """
 
 
@@ -38,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", action="store_true", default=None,
                    help="turn on batch augmentation (rotation/zoom/shift; tune with --set augment.X=...)")
     p.add_argument("--seed", type=int, help="seed of initialisation, split, shuffling and dropout (default 0)")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from this run's weights ('default', a run directory or a checkpoint): same "
+                        "architecture (taken from RUN unless --model/--config say it); the classifier head "
+                        "starts afresh when RUN was trained on another dataset")
+    p.add_argument("--freeze", action="store_true", default=None,
+                   help="with --init-from: train only the classifier head, keep the feature layers fixed")
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps; the LR schedule ends there")
     p.add_argument("--dry-run", action="store_true", help="two steps, to check everything runs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -57,12 +65,20 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     from digitlab.train.config import TrainConfig, parse_set_option
     from digitlab.train.recipes import load_config
 
-    base = load_config(args.config) if args.config else TrainConfig(model=args.model or "cnn-simple")
-    if not args.config and not args.model:
-        raise ConfigError("give --model NAME or --config FILE (or --resume RUN_DIR)")
+    model = args.model
+    model_kwargs = None
+    if args.init_from and not args.config and not model:  # fine-tuning: the source's architecture
+        from digitlab.checkpoint import read_meta
+
+        meta = read_meta(args.init_from)
+        model, model_kwargs = meta.get("model"), meta.get("model_kwargs") or {}
+    base = load_config(args.config) if args.config else TrainConfig(model=model or "cnn-simple")
+    if not args.config and not model:
+        raise ConfigError("give --model NAME or --config FILE (or --resume RUN_DIR, or --init-from RUN)")
     from digitlab.data.augment import AugmentConfig
 
-    changes = dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    changes = dict(model=model, model_kwargs=model_kwargs, init_from=args.init_from, freeze=args.freeze,
+                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
                    device=args.device if args.device != "auto" else None,
                    max_steps=args.max_steps, dataset=args.dataset if args.dataset != "mnist" else None)

@@ -18,16 +18,23 @@ from digitlab.models.registry import AMP_CL, register_model
     reference="notebook 002: 99.23% test; 93,322 params (Keras count of its architecture, "
               "the notebook prints no summary)",
 )
-def cnn_simple(num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
-    """Conv32 → Pool → Conv64 → Pool → Conv64 → Dense64 → Dropout → 10 (Keras 'valid' padding)."""
+def cnn_simple(num_classes: int = 10, dropout: float = 0.5, width: int = 32) -> nn.Module:
+    """Conv32 → Pool → Conv64 → Pool → Conv64 → Dense64 → Dropout → 10 (Keras 'valid' padding).
+
+    ``width`` is the first conv's filter count; the later convs and the dense layer take twice it
+    (the notebook's network is ``width=32``).
+    """
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    w1, w2 = width, 2 * width
     # notebook 002 gives its Conv2D no padding argument: Keras' default 'valid'
     # (28 → 26 → 13 → 11 → 5 → 3), hence the 64·3·3 flatten
     return keras_init_(nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(inplace=True), MaxPool2x2(),
-        nn.Conv2d(32, 64, 3), nn.ReLU(inplace=True), MaxPool2x2(),
-        nn.Conv2d(64, 64, 3), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(inplace=True), nn.Dropout(dropout),
-        nn.Linear(64, num_classes),
+        nn.Conv2d(1, w1, 3), nn.ReLU(inplace=True), MaxPool2x2(),
+        nn.Conv2d(w1, w2, 3), nn.ReLU(inplace=True), MaxPool2x2(),
+        nn.Conv2d(w2, w2, 3), nn.ReLU(inplace=True),
+        nn.Flatten(), nn.Linear(w2 * 3 * 3, w2), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(w2, num_classes),
     ))
 
 

@@ -135,6 +135,13 @@ class TrainConfig:
     without it training goes on and says once that TensorBoard logging is off)."""
     cv_folds: int = 0
     """scikit-learn baselines: run k-fold stratified cross-validation (0: off)."""
+    init_from: str | None = None
+    """Start from this run's weights (a run directory, a checkpoint or ``default``) instead of a random
+    initialisation. Same architecture; the classifier head (the last linear layer) starts afresh when
+    the source was trained on another dataset or for another number of classes."""
+    freeze: bool = False
+    """With ``init_from``: train only the classifier head and keep the feature layers' weights fixed
+    (BatchNorm statistics still adapt to the new data)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -170,6 +177,7 @@ class TrainConfig:
             (self.cv_folds == 0 or self.cv_folds >= 2, f"cv_folds must be 0 or >= 2, got {self.cv_folds}"),
             (self.bn_momentum is None or 0 < self.bn_momentum <= 1,
              f"bn_momentum must be in (0, 1], got {self.bn_momentum}"),
+            (not self.freeze or self.init_from is not None, "freeze needs init_from (a run to start from)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -123,6 +123,14 @@ def _train_run(config: TrainConfig | None, out: str | os.PathLike[str] | None, *
     torch.manual_seed(config.seed)  # initialisation is part of the seed's promise
     # built before anything touches the disk: bad model arguments leave no half-made run directory
     model = create_model(config.model, **config.model_kwargs)
+    init_report = None
+    if config.init_from is not None:  # fine-tuning: checked before the run directory exists too
+        from digitlab.train.finetune import apply_freeze, init_from_run
+
+        if resume:
+            apply_freeze(model, config)  # the weights come from the resume state
+        else:
+            init_report = init_from_run(model, config)
     prepared = world_size > 1 and run_dir is not None and (run_dir / CONFIG_FILE).exists()
     if not resume and run_dir is not None and is_main and not prepared:
         # with --nproc the parent process prepared the directory; under torchrun nobody did
@@ -177,7 +185,9 @@ def _train_run(config: TrainConfig | None, out: str | os.PathLike[str] | None, *
         "dataset": ds.name, "checksums": ds.checksums, "val_fraction": config.val_fraction,
         "split_seed": config.seed, "train_count": len(splits.train),
         "val_count": len(splits.val) if splits.val is not None else 0, "test_count": len(splits.test),
-    }, extra={"history": result.history, "device": str(device), "world_size": world_size})
+    }, extra={"history": result.history, "device": str(device), "world_size": world_size,
+              **({"init_from": init_report.to_dict()} if init_report is not None else
+                 {"init_from": {"source": config.init_from}} if config.init_from else {})})
     if run_dir is not None and is_main:
         save_run_checkpoint(run_dir, model, meta)
         (run_dir / RESUME_FILE).unlink(missing_ok=True)
