@@ -6,7 +6,7 @@
 The pictures come from ``digitlab.data.pictures`` (MNIST test digits rendered as user pictures,
 photos of paper, thin/thick strokes, small in a corner, multi-digit pages, blank pages and
 non-digits), seeded, so every run reads the same bytes. A digit picture is read right when the
-label matches; a refusal (``label`` null, or the picture called blank) on a digit is a false
+label matches; a refusal (``label`` null) on a digit is a false
 rejection; on blank and non-digit pictures the right answer is a refusal. Pages with numbers are
 read with ``read_number`` and count when the whole number is exact.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 
 def _refused(r: dict[str, Any]) -> bool:
-    return r.get("label") is None or bool(r.get("blank")) or bool(r.get("rejected"))
+    return r.get("label") is None  # an abstention (blank, not a digit) carries no label
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,9 @@ import torch
 from sklearn import metrics as skm
 from torch import nn
 
+from digitlab.checkpoint import dataset_of as run_dataset_name
 from digitlab.cli import main
-from digitlab.evaluate import evaluate_logits, evaluate_model, evaluate_run, predict_logits, run_dataset_name
+from digitlab.evaluate import evaluate_logits, evaluate_model, evaluate_run, predict_logits
 from inference_support import train_cnn
 
 LIMIT = 1000

@@ -163,13 +163,22 @@ def checkpoint_file(source: str | os.PathLike[str]) -> Path:
     return p
 
 
-def dataset_of(meta: dict[str, Any]) -> str:
-    """The dataset a checkpoint was trained on: ``config.dataset``, else ``data.dataset``, else mnist."""
-    for section in ("config", "data"):
-        block = meta.get(section)
-        if isinstance(block, dict) and isinstance(block.get("dataset"), str) and block["dataset"]:
-            return str(block["dataset"])
-    return DEFAULT_DATASET
+def dataset_of(meta: dict[str, Any], default: str = DEFAULT_DATASET) -> str:
+    """The dataset a checkpoint was trained on, read from its metadata: THE one dataset resolution.
+
+    Looks at ``data.dataset`` (the data actually loaded), ``data.name``, ``config.dataset`` and
+    ``config.data.dataset``, in that order; ``default`` when none is set.
+    """
+    def block(parent: dict[str, Any], key: str) -> dict[str, Any]:
+        value = parent.get(key)
+        return value if isinstance(value, dict) else {}
+
+    data, config = block(meta, "data"), block(meta, "config")
+    nested = block(config, "data")
+    for value in (data.get("dataset"), data.get("name"), config.get("dataset"), nested.get("dataset")):
+        if isinstance(value, str) and value:
+            return value
+    return default
 
 
 def resolve_dataset(meta: dict[str, Any], override: str | None) -> str:

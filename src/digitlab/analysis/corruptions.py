@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digitlab.analysis.plots import fig_to_png, pyplot
 from digitlab.data.augment import affine_matrices, smoothing_matrix, warp
 from digitlab.errors import ConfigError
 
@@ -422,27 +423,6 @@ def evaluate_corruptions(model: nn.Module, images: torch.Tensor, labels: torch.T
 
 # --------------------------------------------------------------------------- figures
 
-def _plt():  # noqa: ANN202
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:  # noqa: ANN001
-    import io
-
-    buf = io.BytesIO()
-    try:
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=110)
-    finally:
-        _plt().close(fig)
-    return buf.getvalue()
-
-
 def examples_png(images: torch.Tensor, names: Sequence[str] | None = None, severity: float = 1.0,
                  seed: int = 0, title: str = "Corruptions") -> bytes:
     """A grid: one row per example image, the clean image then each corruption in a column."""
@@ -452,7 +432,7 @@ def examples_png(images: torch.Tensor, names: Sequence[str] | None = None, sever
     x = as_float_batch(images.cpu())
     columns = [("clean", x)] + [(k, corrupt(x, k, severity, torch.Generator().manual_seed(corruption_seed(seed, k))))
                                 for k in names]
-    plt = _plt()
+    plt = pyplot()
     rows, cols = x.shape[0], len(columns)
     fig, axes = plt.subplots(rows, cols, figsize=(0.95 * cols, 1.05 * rows + 0.5), squeeze=False)
     for j, (name, batch) in enumerate(columns):
@@ -464,12 +444,12 @@ def examples_png(images: torch.Tensor, names: Sequence[str] | None = None, sever
             if i == 0:
                 ax.set_title(name.replace("_", "\n"), fontsize=7)
     fig.suptitle(f"{title} (severity {severity:g})", fontsize=10)
-    return _png(fig)
+    return fig_to_png(fig)
 
 
 def accuracy_bars_png(result: CorruptionSuiteResult, title: str = "Accuracy per corruption") -> bytes:
     """Bars of accuracy per corruption, with the clean accuracy and the mean as horizontal lines."""
-    plt = _plt()
+    plt = pyplot()
     names = list(result.per_corruption)
     values = [100 * result.per_corruption[k] for k in names]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(names) + 1.5), 3.8))
@@ -483,4 +463,4 @@ def accuracy_bars_png(result: CorruptionSuiteResult, title: str = "Accuracy per 
     ax.set_title(f"{title} (n={result.n}, severity {result.severity:g})", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    return _png(fig)
+    return fig_to_png(fig)

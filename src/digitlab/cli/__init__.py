@@ -72,13 +72,16 @@ def add_data_args(p: argparse.ArgumentParser, *, from_run: bool = False) -> None
                         "/usr/share/datasets/NAME, then a verified download)")
 
 
-def add_model_arg(p: argparse.ArgumentParser, *, positional: bool, default: str | None = "default") -> None:
+def add_model_arg(p: argparse.ArgumentParser, *, positional: bool, default: str | None = "default",
+                  onnx: bool = False) -> None:
     """The model a command uses: ``--model MODEL`` everywhere; also positional where the model is the subject.
 
     MODEL is ``default`` (the shipped model), a run directory, a ``.safetensors`` checkpoint or
-    (where the command can run it) an ``.onnx`` file.
+    (``onnx``: the command can run one) an ``.onnx`` file.
     """
-    text = "'default' (the shipped model), a run directory or a .safetensors checkpoint"
+    text = ("'default' (the shipped model), a run directory, a .safetensors checkpoint or an .onnx file "
+            "(needs digitlab[onnx])" if onnx else
+            "'default' (the shipped model), a run directory or a .safetensors checkpoint")
     if positional:
         p.add_argument("model_pos", nargs="?", metavar="MODEL", default=None,
                        help=f"{text} (same as --model)")

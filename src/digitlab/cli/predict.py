@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from digitlab.cli import HelpFormatter, add_device_arg, add_json_arg, add_quiet_arg
+from digitlab.cli import HelpFormatter, add_device_arg, add_json_arg, add_model_arg, add_quiet_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                "  digitlab predict shoe.jpg --model runs/fashion --json\n"
                "  digitlab predict digit.jpg --model model.onnx        # needs digitlab[onnx]")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories of images")
-    p.add_argument("--model", default="default",
-                   help="'default' (the shipped model), a run directory, a .safetensors checkpoint or an "
-                        ".onnx file (needs digitlab[onnx])")
+    add_model_arg(p, positional=False, onnx=True)
     add_device_arg(p)
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="also list the K most likely classes")
     p.add_argument("--recursive", "-r", action="store_true", help="descend into subdirectories")

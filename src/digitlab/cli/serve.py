@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from digitlab.cli import HelpFormatter, add_device_arg
+from digitlab.cli import HelpFormatter, add_device_arg, add_model_arg
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 TOKEN_ENV = "DIGITLAB_API_TOKEN"
@@ -29,9 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (anything but localhost exposes the server to the network)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--model", default="default",
-                   help="'default' (the shipped model), a run directory, a .safetensors checkpoint or an "
-                        ".onnx file (needs digitlab[onnx])")
+    add_model_arg(p, positional=False, onnx=True)
     add_device_arg(p)
     p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest accepted image upload, in MiB")
     p.add_argument("--max-image-megapixels", type=float, default=40.0,

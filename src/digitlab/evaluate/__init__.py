@@ -9,7 +9,6 @@ from digitlab.evaluate.evaluator import (
     evaluate_model,
     evaluate_run,
     load_for_evaluation,
-    run_dataset_name,
     score_logits,
 )
 from digitlab.evaluate.metrics import (
@@ -47,5 +46,5 @@ __all__ = [
     "expected_calibration_error", "format_classification_report", "latency", "load_for_evaluation",
     "log_loss", "log_softmax", "parameter_count", "per_class_table", "precision_recall_f1",
     "predict_logits", "predict_proba", "predict_seconds", "predictions", "reliability_diagram",
-    "run_dataset_name", "softmax", "speed_profile", "throughput", "top_confusions", "top_k_accuracy",
+    "softmax", "speed_profile", "throughput", "top_confusions", "top_k_accuracy",
 ]

@@ -32,7 +32,7 @@ from digitlab.evaluate.speed import SpeedProfile, checkpoint_bytes, parameter_co
 from digitlab.models.forward import predict_logits
 
 __all__ = ["EvalInputs", "Evaluation", "QualityMetrics", "evaluate_logits", "evaluate_model", "evaluate_run",
-           "load_for_evaluation", "predict_logits", "run_dataset_name", "score_logits"]
+           "load_for_evaluation", "predict_logits", "score_logits"]
 
 
 @dataclass
@@ -196,37 +196,21 @@ class EvalInputs:
     class_names: list[str]
 
 
-def run_dataset_name(meta: dict[str, Any], default: str = "mnist") -> str:
-    """The dataset a checkpoint was trained on, read from its metadata.
-
-    Looks at ``meta["data"]["dataset"]``, ``meta["data"]["name"]``,
-    ``meta["config"]["dataset"]`` and ``meta["config"]["data"]["dataset"]``, in that order.
-    """
-    data = meta.get("data") or {}
-    config = meta.get("config") or {}
-    for value in (data.get("dataset"), data.get("name"), config.get("dataset"),
-                  (config.get("data") or {}).get("dataset") if isinstance(config.get("data"), dict)
-                  else None):
-        if isinstance(value, str) and value:
-            return value
-    return default
-
-
 def load_for_evaluation(source: str | os.PathLike[str], dataset: str | None = None, split: str = "test",
                         data_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu",
                         limit: int | None = None, progress: bool = False) -> EvalInputs:
     """Load a run directory / checkpoint and the split to evaluate it on.
 
-    ``dataset`` None uses the run's own dataset (:func:`run_dataset_name`).
+    ``dataset`` None uses the run's own dataset (:func:`digitlab.checkpoint.dataset_of`).
     ``limit`` keeps the first ``limit`` samples (for quick checks).
     """
-    from digitlab.checkpoint import checkpoint_file, load_checkpoint
+    from digitlab.checkpoint import checkpoint_file, dataset_of, load_checkpoint
     from digitlab.data import load_dataset
     from digitlab.utils import resolve_device
 
     path = checkpoint_file(source)
     model, meta = load_checkpoint(path, device=resolve_device(device))
-    name = dataset or run_dataset_name(meta)
+    name = dataset or dataset_of(meta)
     ds = load_dataset(name, data_dir, progress=progress)
     images, labels = ds.split(split)
     if limit is not None:

@@ -35,7 +35,7 @@ import torch
 from digitlab.analysis import stats
 from digitlab.checkpoint import checkpoint_file, load_checkpoint
 from digitlab.errors import ConfigError
-from digitlab.evaluate.evaluator import QualityMetrics, evaluate_model, run_dataset_name
+from digitlab.evaluate.evaluator import QualityMetrics, evaluate_model
 from digitlab.evaluate.speed import SpeedProfile, measure_speed
 
 #: Accuracy window of "smallest / fastest within X of the best".
@@ -446,9 +446,9 @@ def recommend(comparison: Comparison) -> list[Recommendation]:
 # --- compare command -------------------------------------------------------------------------------------------
 def source_dataset(source: str) -> str:
     """The dataset a run or checkpoint (or ``"default"``) was trained on."""
-    from digitlab.checkpoint import read_meta
+    from digitlab.checkpoint import dataset_of, read_meta
 
-    return run_dataset_name(read_meta(source))
+    return dataset_of(read_meta(source))
 
 
 def compare_sources(sources: list[str], dataset: str | None = None, data_dir: str | None = None,
