@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: Chromium + ChromeDriver for the draw-a-digit browser test, and Fashion-MNIST
+# Debian packages: Chromium + ChromeDriver for the draw-a-digit browser test, hey for the load test, and Fashion-MNIST
 # (installed under /usr/share/datasets/fashion-mnist/, where digitlab's resolver looks).
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v hey >/dev/null 2>&1 || need+=(hey)  # HTTP load generator of scripts/load_test.py
 [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need+=(dataset-fashion-mnist)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

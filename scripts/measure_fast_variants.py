@@ -16,6 +16,7 @@ fast-cnn's two pooling shapes) comes first.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -38,6 +39,10 @@ def _median_ms(step: Callable[[], object], repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def _pool_step(pool: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor) -> None:
+    pool(x).backward(grad)
+
+
 def _pool_micro(repeats: int = 40) -> list[dict[str, Any]]:
     from digitlab.models.ops import max_pool_2x2
 
@@ -47,8 +52,10 @@ def _pool_micro(repeats: int = 40) -> list[dict[str, Any]]:
             x = torch.randn(shape).to(dtype).requires_grad_()
             grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2).to(dtype)
             row: dict[str, Any] = {"shape": list(shape), "dtype": str(dtype).removeprefix("torch.")}
-            for name, pool in (("torch_ms", lambda t: F.max_pool2d(t, 2)), ("digitlab_ms", max_pool_2x2)):
-                row[name] = _median_ms(lambda pool=pool, x=x, grad=grad: pool(x).backward(grad), repeats)
+            pools: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
+                ("torch_ms", lambda t: F.max_pool2d(t, 2)), ("digitlab_ms", max_pool_2x2)]
+            for name, pool in pools:
+                row[name] = _median_ms(functools.partial(_pool_step, pool, x, grad), repeats)
             row["speedup"] = row["torch_ms"] / row["digitlab_ms"]
             rows.append(row)
     return rows
@@ -73,9 +80,11 @@ def _variants() -> dict[str, tuple[str, Callable[[nn.Sequential], nn.Sequential]
                 model[i] = nn.MaxPool2d(2)
         return model
 
-    def bf16_first_conv(model: nn.Sequential) -> nn.Sequential:
+    def fp32_first_conv(model: nn.Sequential) -> nn.Sequential:
+        from digitlab.models.ops import Float32Conv2d
+
         first = model[0]
-        conv = nn.Conv2d(first.in_channels, first.out_channels, first.kernel_size, bias=False)
+        conv = Float32Conv2d(first.in_channels, first.out_channels, first.kernel_size, bias=False)
         conv.weight = first.weight
         model[0] = conv
         return model
@@ -83,6 +92,7 @@ def _variants() -> dict[str, tuple[str, Callable[[nn.Sequential], nn.Sequential]
     def crop2(model: nn.Sequential) -> nn.Sequential:
         # 28 → 24 (crop) → 20 → 10 → 6 → 3: the classifier sees 3×3 instead of 4×4 maps
         linear = model[9]
+        assert isinstance(linear, nn.Linear)
         model[9] = nn.Linear(linear.in_features * 9 // 16, linear.out_features)
         return nn.Sequential(_Crop(2), *model)
 
@@ -90,8 +100,9 @@ def _variants() -> dict[str, tuple[str, Callable[[nn.Sequential], nn.Sequential]
     return {
         "shipped": ("configs/fast-cnn.yaml as shipped", same, {}),
         "torch-maxpool": ("nn.MaxPool2d instead of MaxPool2x2", torch_pool, {}),
-        "bf16-first-conv": ("first conv in bf16 too", bf16_first_conv, {}),
-        "before": ("both (the session-1 recipe)", lambda m: bf16_first_conv(torch_pool(m)), {}),
+        "fp32-first-conv": ("first conv kept float32 under autocast (Float32Conv2d; shipped before issue 16)",
+                            fp32_first_conv, {}),
+        "before": ("nn.MaxPool2d (the session-1 recipe: first conv in bf16 too)", torch_pool, {}),
         "fp32": ("no autocast (all float32)", same, {"amp": False}),
         "channels-last": ("channels-last memory format", same, {"channels_last": True}),
         "c2=16": ("8/16 channels instead of 8/32", same, {"model_kwargs": {"c2": 16}}),

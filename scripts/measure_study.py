@@ -3,6 +3,7 @@ measure how well the two rankings agree.
 
     python scripts/measure_study.py                       # quick, and quick at 4× the budget
     python scripts/measure_study.py --preset smoke        # seconds: checks that the script works
+    python scripts/readme_figures.py measure study_rank_agreement   # the same, for the README
 
 Writes results/study_rank_agreement.json (beside this script's repository root unless --results says
 otherwise) with the Spearman rank correlation of the models' mean test accuracies, whether the most
@@ -13,6 +14,8 @@ its caveat. Run it on a quiet machine: the budgets are wall-clock time.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,6 +60,7 @@ def main() -> int:
     ap.add_argument("--results", default=str(ROOT / "results" / "study_rank_agreement.json"),
                     help="JSON file to write (default: results/study_rank_agreement.json)")
     ap.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    ap.add_argument("--json", action="store_true", help="also print the result as JSON on stdout")
     args = ap.parse_args()
 
     from digitlab.report.study import PRESETS, run_study
@@ -69,6 +73,7 @@ def main() -> int:
     budgets = list(preset.budgets)
     larger = [scaled(b, args.factor) for b in budgets]
     runs = {}
+    load_start = os.getloadavg()[0]
     for label, bud in (("base", budgets), ("large", larger)):
         print(f"[measure] {args.preset} study at {','.join(bud)}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
@@ -79,14 +84,18 @@ def main() -> int:
         "preset": args.preset, "factor": args.factor, "budget_base": budgets, "budget_large": larger,
         "wall_seconds_base": runs["base"]["wall_seconds"], "wall_seconds_large": runs["large"]["wall_seconds"],
         "machine": runs["base"]["data"]["machine"],
+        # the budgets are wall-clock seconds: other load on the machine changes how far each model gets
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **agreement(ranking(runs["base"]["data"]), ranking(runs["large"]["data"])),
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.results, result)
+    if args.json:
+        print(json.dumps(result))
     print(f"Spearman rho {result['spearman_rho']:.3f} over {result['models']} models; top-1 "
           f"{'agrees' if result['top1_agree'] else 'differs'}; top-3 {'agrees' if result['top3_agree'] else 'differs'}"
-          f" -> {args.results}")
+          f" -> {args.results}", file=sys.stderr)
     return 0
 
 

@@ -44,6 +44,8 @@ class Figure:
     """Shell command (from the repository root) whose stdout is the JSON result; {tmp} is a scratch folder."""
     render: Callable[[dict[str, Any]], str]
     """Markdown for the text, from the JSON."""
+    artifacts: tuple[tuple[str, str], ...] = ()
+    """Files the command writes under {tmp} that the text shows: (path under {tmp}, path in the repository)."""
 
 
 def _pct(x: float, digits: int = 2) -> str:
@@ -104,11 +106,15 @@ def render_bench(r: dict[str, Any]) -> str:
 
 
 def render_evaluate(r: dict[str, Any]) -> str:
+    ece = _pct(r["ece"])
+    if r.get("ece_uncalibrated") is not None:
+        ece = f"{_pct(r['ece_uncalibrated'])} → **{ece}** (T = {r['temperature']:.3f})"
     lines = [
-        "| model | dataset | test images | accuracy | errors | top-3 | ECE (15 bins) | macro F1 | parameters |",
+        "| model | dataset | test images | accuracy | errors | top-3 | ECE (15 bins), before → after calibration "
+        "| macro F1 | parameters |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| {r.get('model')} | {r.get('dataset')} {r.get('split')} | {r['n']:,} | **{_pct(r['accuracy'])}** | "
-        f"{r['n'] - round(r['accuracy'] * r['n'])} | {_pct(r['top3'])} | {_pct(r['ece'])} | "
+        f"{r['n'] - round(r['accuracy'] * r['n'])} | {_pct(r['top3'])} | {ece} | "
         f"{r['macro_avg']['f1']:.4f} | {r['parameters']:,} |",
     ]
     return "\n".join(lines)
@@ -158,13 +164,20 @@ def render_variants(r: dict[str, Any]) -> str:
 
 def render_pictures(r: dict[str, Any]) -> str:
     what = {"digit": "read right", "no digit": "answered “no digit”", "number": "whole number exact"}
-    head = "| picture set | n | result | refusals | median confidence |\n|---|---|---|---|---|\n"
+    head = ("| picture set | n | result | false rejections | ECE before → after calibration | median confidence |\n"
+            "|---|---|---|---|---|---|\n")
     rows = []
     for name, x in r["sets"].items():
         conf = f"{x['median_confidence']:.2f}" if x.get("median_confidence") is not None else "—"
-        refused = str(x["refused"]) if x["kind"] == "digit" else "—"
-        rows.append(f"| {name} | {x['n']} | {_pct(x['rate'], 1)} {what[x['kind']]} | {refused} | {conf} |")
-    return head + "\n".join(rows) + f"\n\nModel: `{r['model']}`; pictures seeded with {r['seed']}."
+        refused = (f"{x['false_rejections']} ({_pct(x['false_rejection_rate'], 1)})" if x["kind"] == "digit"
+                   and "false_rejections" in x else "—")
+        ece = (f"{_pct(x['ece_uncalibrated'], 2)} → {_pct(x['ece'], 2)}" if x.get("ece") is not None else "—")
+        result = f"{_pct(x['rate'], 1)} {what[x['kind']]}"
+        if x.get("by_kind"):
+            result += " (" + ", ".join(f"{k} {_pct(v['detection_rate'], 0)}" for k, v in x["by_kind"].items()) + ")"
+        rows.append(f"| {name} | {x['n']} | {result} | {refused} | {ece} | {conf} |")
+    temp = f"; temperature {r['temperature']:.3f}" if r.get("temperature") is not None else ""
+    return head + "\n".join(rows) + f"\n\nModel: `{r['model']}`{temp}; pictures seeded with {r['seed']}."
 
 
 def render_robustness(r: dict[str, Any]) -> str:
@@ -185,9 +198,15 @@ def render_robustness(r: dict[str, Any]) -> str:
 
 
 def render_label_issues(r: dict[str, Any]) -> str:
+    def flagged(x: dict[str, Any]) -> str:
+        return "—" if "flagged" not in x else ("**yes**" if x["flagged"] else "no")
+
     rows = [f"| {x['index']} | {x.get('name', x['label'])} | {x.get('suggested_name', x['suggested'])} | "
-            f"{x['score']:.3f} |" for x in r["issues"]]
-    return ("| test image | given label | suggested | label quality |\n|---|---|---|---|\n" + "\n".join(rows))
+            f"{x['score']:.3f} | {flagged(x)} |" for x in r["issues"]]
+    head = (f"{r['n_flagged']} of the {r['n']:,} {r['split']} images flagged by confident learning; the list "
+            "continues with the next images whose label the model rejects.\n\n" if "n_flagged" in r else "")
+    return (head + "| test image | given label | suggested | label quality | flagged |\n|---|---|---|---|---|\n"
+            + "\n".join(rows))
 
 
 def render_sweep(r: dict[str, Any]) -> str:
@@ -255,20 +274,128 @@ def render_finetune(r: dict[str, Any]) -> str:
             + "\n".join(rows) + "\n\n" + _machine(r.get("machine")))
 
 
+def _load(r: dict[str, Any]) -> str:
+    la = r.get("load_average_1min")
+    return f" Load average (1 min) {la['start']:.1f} at the start, {la['end']:.1f} at the end." if la else ""
+
+
+def render_rank_agreement(r: dict[str, Any]) -> str:
+    base, large = ",".join(r["budget_base"]), ",".join(r["budget_large"])
+    rank_l = {m: i + 1 for i, m in enumerate(r["order_large"])}
+    rows = [f"| {m} | {_pct(r['accuracy_base'][m])} ({i + 1}) | {_pct(r['accuracy_large'][m])} ({rank_l[m]}) |"
+            for i, m in enumerate(r["order_base"])]
+    top1 = ("the same" if r["top1_agree"] else
+            f"different ({r['order_base'][0]} at {base}, {r['order_large'][0]} at {large})")
+    return (f"The `{r['preset']}` study ({base} per run) against the same study at {r['factor']:g}× the budget "
+            f"({large} per run): "
+            f"Spearman ρ = **{r['spearman_rho']:.2f}** over {r['models']} models; the most accurate model is {top1}; "
+            f"the top three are {'the same set' if r['top3_agree'] else 'not the same set'}.\n\n"
+            f"| model | accuracy at {base} (rank) | accuracy at {large} (rank) |\n|---|---|---|\n"
+            + "\n".join(rows) + "\n\n" + _machine(r.get("machine")))
+
+
+def render_precision(r: dict[str, Any]) -> str:
+    rows = []
+    for m in r["models"]:
+        st = m["settings"]
+        used = " + ".join(k for k, v in (("bf16 autocast", st["amp"]), ("channels-last", st["channels_last"])) if v)
+        e, f = m["engine"], m["float32"]
+        rows.append(f"| {m['model']} | {used or 'float32'} | {_pct(e['mean'])} ± {_pct(e['std'])} | "
+                    f"{_pct(f['mean'])} ± {_pct(f['std'])} | {100 * m['difference']:+.2f} points | "
+                    f"{'within seed noise' if m['within_noise'] else '**differs**'} |")
+    return (f"{r['steps']} optimizer steps per run on MNIST, seeds 0–{r['seeds'] - 1}, the same recipe on both sides; "
+            f"{r['rule']}.\n\n| model | engine settings | test accuracy, engine | test accuracy, float32 | "
+            "difference | verdict |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
+            + "\n\n" + _machine(r.get("machine")))
+
+
+def render_property_tests(r: dict[str, Any]) -> str:
+    sc = r["schemathesis"]
+    hyp = r["hypothesis"]
+    rows = [f"| Hypothesis: `{h['test'].split('::')[-1]}` | {h['passing']} | {h['failing']} |" for h in hyp]
+    codes = ", ".join(f"{k}: {v}" for k, v in sorted(sc["status_codes"].items()))
+    return ("| property test | examples run | failures |\n|---|---|---|\n"
+            f"| Schemathesis {sc['schemathesis']}: every endpoint of `/openapi.json`, valid and invalid requests "
+            f"({sc['examples_per_operation_and_mode']} per operation, media type and mode; responses {codes}) | "
+            f"{sc['examples']} | {sc['failures']} |\n" + "\n".join(rows)
+            + f"\n\npytest: {r['pytest_summary']}.")
+
+
+def render_load(r: dict[str, Any]) -> str:
+    lat, err, rss = r["latency_ms"], r["errors"], r["server_rss_mib"]
+    return (f"Server: `{r['command']['server']}` ({r['model'].get('backend')}); load: `{r['command']['load']}`.\n\n"
+            "| requests | concurrency | workers | requests/s | p50 | p95 | p99 | errors | server RSS before → after |\n"
+            "|---|---|---|---|---|---|---|---|---|\n"
+            f"| {r['requests']:,} | {r['concurrency']} | {r['workers']} | **{r['requests_per_second']:.0f}** | "
+            f"{lat['p50']:.1f} ms | {lat['p95']:.1f} ms | **{lat['p99']:.1f} ms** | {err['total']} | "
+            f"{rss['before']['total']:.0f} → {rss['after']['total']:.0f} MiB |\n\n"
+            f"Picture: {r['picture']['what']} ({r['picture']['bytes']:,} bytes); server CPU "
+            f"{r['server_cpu_ms_per_request']:.2f} ms per request. Machine: {r['machine'].get('cpu')}, "
+            f"{r['machine'].get('cores')} cores; load average before {r['load_average']['before'][0]:.2f}.")
+
+
+def render_startup(r: dict[str, Any]) -> str:
+    p, t = r["predict_seconds"], r["import_torch_seconds"]
+    return (f"| command | median of {r['rounds']} (alternating) |\n|---|---|\n"
+            f"| `{r['command']}` | **{p['median']:.2f} s** |\n| `{r['baseline']}` | {t['median']:.2f} s |\n\n"
+            f"Ratio **{r['ratio']:.2f}** (target ≤ {r['target_ratio']}); torch imported by predict: "
+            f"{'yes' if r['torch_imported_by_predict'] else 'no'}. Machine: {r['machine'].get('cpu')}, "
+            f"{r['machine'].get('cores')} cores.")
+
+
+def render_adversarial(r: dict[str, Any]) -> str:
+    eps = [f"{e:g}" for e in r["eps"]]
+    head = ("| model | clean | corruption mean | " + " | ".join(f"PGD ε = {e}" for e in eps)
+            + " | training |\n|---|---|---|" + "---|" * len(eps) + "---|\n")
+    rows = [f"| {n} | {_pct(m['clean_accuracy'])} | {_pct(m['corruption_mean'])} | "
+            + " | ".join(_pct(m["pgd"][e]) for e in eps) + f" | {m['train_seconds']:.0f} s |"
+            for n, m in r["models"].items()]
+    return (f"{r['model']}, {r['steps']} steps of batch 128 each, seed {r['seed']}. Training attack: "
+            f"{r['training_attack']}. Evaluation: {r['evaluation_attack']}; corruptions: first "
+            f"{r['corruption_limit']:,} test images.\n\n" + head + "\n".join(rows)
+            + f"\n\n`{r['commands']['standard']}`  \n`{r['commands']['adversarial']}`\n\n"
+            + _machine(r.get("machine")))
+
+
+def render_rewrite(r: dict[str, Any]) -> str:
+    rows = []
+    for m in r["models"]:
+        b, a = m["summary"]["before"], m["summary"]["after"]
+        diff = a["mean"] - b["mean"]
+        noise = 2 * max(a["std"], b["std"])
+        rows.append(f"| {m['model']} | {m['steps']} × {m['batch_size']} | {len(m['runs']['after'])} | "
+                    f"{_pct(b['mean'])} ± {_pct(b['std'])} | {_pct(a['mean'])} ± {_pct(a['std'])} | "
+                    f"{100 * diff:+.2f} points | {'within seed noise' if abs(diff) <= noise else '**differs**'} |")
+    return ("| model | steps × batch | seeds | before the rewrite | after | difference | verdict (±2 std) |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + _machine(r.get("machine")))
+
+
 FIGURES: dict[str, Figure] = {
     "data_loading": Figure(f"{PYTHON} scripts/measure_data.py --json", render_data),
     "bench_fast_vs_plain": Figure(f"{DIGITLAB} bench fast --seeds 5 --vs plain --json --quiet", render_bench_vs),
     "study_quick": Figure(f"{DIGITLAB} study --preset quick --out {{tmp}}/quick --json --quiet", render_study),
+    "study_rank_agreement": Figure(f"{PYTHON} scripts/measure_study.py --out {{tmp}}/studies "
+                                   "--results {tmp}/agreement.json --json", render_rank_agreement),
     "bench_zoo": Figure(f"{DIGITLAB} bench zoo --json --quiet", render_zoo),
+    "precision_accuracy": Figure(f"{PYTHON} scripts/measure_precision_accuracy.py "
+                                 "--models cnn-simple,cnn-deep,cnn-enhanced,se-cnn --steps 500 --json",
+                                 render_precision),
+    "rewrite_accuracy": Figure(f"{PYTHON} scripts/measure_rewrite_accuracy.py --steps 500", render_rewrite),
     "bench_fast_fashion": Figure(f"{DIGITLAB} bench fast --dataset fashion-mnist --seeds 3 --json --quiet",
                                  render_bench),
     "default_evaluate": Figure(f"{DIGITLAB} evaluate default --json --quiet", render_evaluate),
     "default_onnx": Figure(f"{DIGITLAB} export default --format onnx --quantize int8 --benchmark --threads 1 "
                            "--out {tmp}/default.onnx --json --quiet", render_onnx),
     "pictures": Figure(f"{PYTHON} scripts/measure_pictures.py --n 200 --json", render_pictures),
+    "property_tests": Figure(f"{PYTHON} scripts/measure_property_tests.py", render_property_tests),
+    "serve_load": Figure(f"{PYTHON} scripts/load_test.py", render_load),
+    "predict_startup": Figure(f"{PYTHON} scripts/measure_predict_startup.py", render_startup),
     "robustness_default": Figure(f"{DIGITLAB} robustness default --suite all --limit 2000 --json --quiet",
                                  render_robustness),
-    "label_issues_mnist_test": Figure(f"{DIGITLAB} label-issues --top 16 --json --quiet", render_label_issues),
+    "adversarial_training": Figure(f"{PYTHON} scripts/measure_adversarial.py --json", render_adversarial),
+    "label_issues_mnist_test": Figure(f"{DIGITLAB} label-issues --top 24 --fill --plots {{tmp}}/plots --json --quiet",
+                                      render_label_issues,
+                                      artifacts=(("plots/label_issues.png", "docs/figures/label_issues.png"),)),
     "sweep_mlp_width": Figure(f"{DIGITLAB} sweep mlp-width --n-trials 4 --set max_steps=30 --out {{tmp}}/sweep "
                               "--json --quiet", render_sweep),
     "finetune_fashion": Figure(f"{PYTHON} scripts/measure_finetune.py --json", render_finetune),
@@ -302,6 +429,12 @@ def measure(names: list[str]) -> None:
             t0 = time.perf_counter()
             out = subprocess.run(shlex.split(cmd), cwd=ROOT, stdout=subprocess.PIPE, check=True, text=True).stdout
             wall = time.perf_counter() - t0
+            for produced, kept in fig.artifacts:
+                target = ROOT / kept
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp_target = target.with_name(f".{target.name}.tmp")
+                tmp_target.write_bytes((Path(tmp) / produced).read_bytes())
+                tmp_target.replace(target)
         result = json.loads(out)
         record = {"command": shown_command(name), "wall_seconds": wall, "result": result}
         tmp_path = RESULTS / f".{name}.json.tmp"
@@ -330,7 +463,9 @@ def render() -> int:
                 body = f"*Not measured yet: `python scripts/readme_figures.py measure {name}`.*"
             else:
                 rec = json.loads(path.read_text())
-                body = (f"`{rec['command']}` (results/{name}.json):\n\n" + FIGURES[name].render(rec["result"]))
+                # a script that writes results/NAME.json itself stores the result unwrapped, with its command
+                result = rec.get("result", rec)
+                body = (f"`{rec['command']}` (results/{name}.json):\n\n" + FIGURES[name].render(result))
             return m.group(1) + body.rstrip() + "\n" + m.group(4)
 
         new = MARK.sub(fill, text)

@@ -90,6 +90,15 @@ def _open(browser, server, fragment: str = ""):
     assert not errors, errors
 
 
+def _model_name(browser, timeout: float = 15) -> str:
+    """The model line of the page, once its /api/models request has answered."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout, poll_frequency=0.05).until(
+        lambda d: d.find_element("id", "model-name").text.strip() != "")
+    return str(browser.find_element("id", "model-name").text)
+
+
 def _wait_for_prediction(browser, timeout: float = 20) -> dict:
     """Until the shown prediction belongs to the current drawing and nothing is pending."""
     from selenium.webdriver.support.ui import WebDriverWait
@@ -145,7 +154,7 @@ def _stroke(browser, points, kind: str = "mouse", pause: float = 0.0) -> None:
 
 def test_draw_a_one_and_a_seven(browser, server):
     _open(browser, server)
-    assert "cnn-simple" in browser.find_element("id", "model-name").text
+    assert "cnn-simple" in _model_name(browser)
 
     # a "1": one vertical stroke with the mouse
     _stroke(browser, [(140, 50), (140, 230)])
@@ -199,4 +208,62 @@ def test_page_sends_the_api_token_from_its_url_fragment(browser, predictor):
         _stroke(browser, [(140, 50), (140, 230)])
         shown = _wait_for_prediction(browser)
         assert shown["label"] == 1 and shown["text"] == "1", shown
-        assert "cnn-simple" in browser.find_element("id", "model-name").text  # /api/models with the token
+        assert "cnn-simple" in _model_name(browser)  # /api/models with the token
+
+
+def _wait_for_number(browser, timeout: float = 20) -> dict:
+    """Until the number shown belongs to the current drawing and nothing is pending."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: d.execute_script(
+        "const p = document.getElementById('prediction');"
+        "return !window.digitlab.busy() && p.dataset.version === String(window.digitlab.version())"
+        " && p.dataset.number !== '';"))
+    return browser.execute_script("""
+        const p = document.getElementById('prediction');
+        const digits = [...document.querySelectorAll('#digits li')].map(li => ({
+            label: Number(li.dataset.label), confidence: Number(li.dataset.confidence),
+            text: li.textContent,
+            fill: li.querySelector('.fill').offsetWidth / li.querySelector('.track').offsetWidth}));
+        const pad = document.getElementById('pad');
+        return {number: p.dataset.number, text: p.textContent, digits: digits,
+                confidence: document.getElementById('confidence').textContent,
+                canvas: pad.toDataURL('image/png'), size: [pad.width, pad.height],
+                shown: [pad.getBoundingClientRect().width, pad.getBoundingClientRect().height],
+                barsHidden: document.getElementById('bars').hidden};
+    """)
+
+
+def test_write_a_number_on_the_wide_canvas(browser, server):
+    """Number mode: a wide canvas; a 1 and a 7 written side by side read as "17", as /api/number reads it."""
+    _open(browser, server)
+    browser.find_element("id", "mode-number").click()
+    assert browser.execute_script("return window.digitlab.mode()") == "number"
+    _stroke(browser, [(160, 30), (160, 175)])                      # a "1"
+    _stroke(browser, [(300, 40), (430, 40), (340, 178)])           # a "7", well to its right
+    shown = _wait_for_number(browser)
+    assert shown["size"] == [700, 200] and shown["shown"][0] > 2 * shown["shown"][1]  # wide on screen too
+    assert shown["barsHidden"] is True
+    png = base64.b64decode(shown["canvas"].split(",", 1)[1])
+    api = httpx.post(server + "/api/number", files={"file": ("pad.png", png, "image/png")}, timeout=30)
+    assert api.status_code == 200, api.text
+    api_body = api.json()
+    assert shown["number"] == api_body["number"] and shown["text"] == api_body["number"]
+    assert [d["label"] for d in shown["digits"]] == [d["label"] for d in api_body["digits"]]
+    np.testing.assert_allclose([d["confidence"] for d in shown["digits"]],
+                               [d["confidence"] for d in api_body["digits"]], atol=1e-6)
+    np.testing.assert_allclose([d["fill"] for d in shown["digits"]],
+                               [d["confidence"] for d in api_body["digits"]], atol=0.02)  # drawn bars
+    assert all(f"{100 * d['confidence']:.1f}%" in d["text"] for d in shown["digits"])  # per-digit confidence
+    assert shown["number"] == "17", shown
+    assert "sure of the whole number" in shown["confidence"]
+
+    # back to one digit: the square canvas, empty, and the bars again
+    browser.find_element("id", "mode-digit").click()
+    state = browser.execute_script(
+        "const pad = document.getElementById('pad');"
+        "return [pad.width, pad.height, document.getElementById('prediction').textContent,"
+        " document.getElementById('bars').hidden, document.querySelectorAll('#digits li').length];")
+    assert state == [280, 280, "–", False, 0]
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors

@@ -42,7 +42,8 @@ EXPECTED_KEYS = {
     "n", "num_classes", "class_names", "accuracy", "loss", "log_loss", "top3", "top5", "ece", "macro_avg",
     "weighted_avg", "per_class", "confusion_matrix", "confusion_matrix_normalized", "top_confusions",
     "reliability", "classification_report", "parameters", "checkpoint_bytes", "predict_seconds",
-    "latency_ms_p50", "latency_ms_p95", "throughput_per_s", "speed",
+    "latency_ms_p50", "latency_ms_p95", "throughput_per_s", "speed", "temperature", "ece_uncalibrated",
+    "loss_uncalibrated",
 }
 
 
@@ -167,3 +168,29 @@ def test_cli_entry_point_exit_code(tmp_path):
                           capture_output=True, text=True, timeout=120, env=os.environ.copy())
     assert proc.returncode == 2
     assert proc.stderr.startswith("digitlab: error:") and "Traceback" not in proc.stderr
+
+
+def test_evaluate_default_reports_calibrated_and_uncalibrated_ece(ds, capsys):
+    """The shipped model carries a temperature: evaluate scores softmax(logits / T) and keeps the raw ECE."""
+    from digitlab.checkpoint import load_checkpoint
+    from digitlab.evaluate import expected_calibration_error, softmax
+
+    assert main(["evaluate", "default", "--limit", "2000", "--no-speed", "--json", "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    model, meta = load_checkpoint("default")
+    t = meta["calibration"]["temperature"]
+    assert res["temperature"] == t and 0 < t < 1  # label smoothing made it under-confident
+    z = predict_logits(model, ds.test_images[:2000]).double().numpy()
+    y = ds.test_labels[:2000].numpy()
+    assert res["ece_uncalibrated"] == pytest.approx(expected_calibration_error(softmax(z), y))
+    assert res["ece"] == pytest.approx(expected_calibration_error(softmax(z / t), y))
+    assert res["ece"] < res["ece_uncalibrated"] / 5
+    assert res["accuracy"] == pytest.approx(float((z.argmax(1) == y).mean()))  # T never changes a label
+    assert res["loss"] < res["loss_uncalibrated"]
+
+
+def test_evaluate_run_without_calibration_is_unchanged(run_dir):
+    res = evaluate_run(run_dir, limit=300, speed=False).to_dict()
+    assert res["temperature"] == 1.0
+    assert res["ece"] == pytest.approx(res["ece_uncalibrated"])
+    assert res["loss"] == pytest.approx(res["loss_uncalibrated"])

@@ -204,7 +204,7 @@ def test_cli_writes_figures_and_json(tmp_path: Path, mnist_dir: Path, capsys: py
     captured = capsys.readouterr()
     assert captured.err == ""  # --json: no progress output
     result = json.loads(captured.out)
-    expected = sorted([f"{n}.png" for n in ex.FIGURE_NAMES] + ["explore.json"])
+    expected = sorted([f"{n}.png" for n in ex.FIGURE_NAMES] + ["explore.json", "explore.html"])
     assert sorted(result["files"]) == expected == sorted(p.name for p in out.iterdir())
     for name in ex.FIGURE_NAMES:
         data = (out / f"{name}.png").read_bytes()
@@ -255,3 +255,69 @@ def test_cli_pixels_option_and_quiet(tmp_path: Path, mnist_dir: Path, capsys: py
     with pytest.raises(SystemExit) as exc:  # the old name is gone: --top-k means likely classes elsewhere
         cli_main(["explore", "--top-k", "5"])
     assert exc.value.code == 2
+
+
+# --- suspicious labels (issue 18) ----------------------------------------------------------------------------
+
+def test_label_issue_section_is_what_label_issues_prints(stats: dict, mnist_dir: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    li = stats["label_issues"]
+    assert li["model"] == "default" and li["split"] == "test" and li["n"] == 10000 and li["skipped"] is None
+    issues = li["issues"]
+    assert len(issues) == ex.LABEL_ISSUES_TOP == 24 and li["accuracy"] > 0.99
+    flagged = [x for x in issues if x["flagged"]]
+    rest = [x for x in issues if not x["flagged"]]
+    assert issues == flagged + rest and len(flagged) == min(24, li["n_flagged"]) >= 1
+    for part in (flagged, rest):  # each part most suspicious first
+        assert [x["score"] for x in part] == sorted(x["score"] for x in part)
+    assert all(x["label"] != x["suggested"] for x in issues)  # the model rejects every listed label
+    assert len({x["index"] for x in issues}) == 24
+    assert cli_main(["label-issues", "--top", "24", "--data-dir", str(mnist_dir), "--json", "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [x["index"] for x in printed["issues"]] == [x["index"] for x in flagged]
+    assert printed["n_flagged"] == li["n_flagged"]
+    assert "label-issues --dataset mnist --model default --top 24" in li["command"]
+
+
+def test_label_issues_of_another_dataset_are_skipped_with_a_reason(mnist) -> None:
+    from digitlab.data import Dataset
+
+    other = Dataset("fashion-mnist", mnist.spec, mnist.source, mnist.train_images[:10], mnist.train_labels[:10],
+                    mnist.test_images[:50], mnist.test_labels[:50], mnist.checksums)
+    li = ex.explore_label_issues(other)
+    assert li["issues"] == [] and "trained on mnist, not fashion-mnist" in li["skipped"]
+    assert ex.label_issues_png(other, li) is None
+
+
+def test_html_report_has_the_suspects_grid_and_table(mnist, stats: dict) -> None:
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    figures = {"label_issues": ex.label_issues_png(mnist, stats["label_issues"])}
+    png = figures["label_issues"]
+    assert png is not None and Image.open(io.BytesIO(png)).size[0] > 300
+    html = ex.explore_html(stats, figures)
+    section = html[html.index('id="label-issues"'):]
+    assert "Suspicious test labels" in section and "confident learning" in section
+    first = stats["label_issues"]["issues"][0]
+    assert f"<td>{first['index']}</td>" in section
+    srcs = re.findall(r'src="data:image/png;base64,([^"]+)"', section)
+    assert len(srcs) == 1 and base64.b64decode(srcs[0]) == png
+    assert "digitlab label-issues --dataset mnist --model default --top 24 --plots DIR" in section
+
+
+def test_cli_text_names_the_suspects_and_can_leave_them_out(tmp_path: Path, mnist_dir: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["explore", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "a"), "--no-plots",
+                     "--quiet"]) == 0
+    assert "suspicious labels (confident learning, default model)" in capsys.readouterr().out
+    assert cli_main(["explore", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "b"), "--no-plots",
+                     "--quiet", "--no-label-issues"]) == 0
+    assert "suspicious labels" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "explore.json").read_text())["label_issues"] is None
+    assert cli_main(["explore", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "c"), "--no-plots",
+                     "--model", "nowhere/run"]) == 2
+    assert "nowhere/run" in capsys.readouterr().err and not (tmp_path / "c").exists()

@@ -92,3 +92,24 @@ def test_benchmark(exported, run_dir):
     assert set(b["backends"]) == {"torch-eager", "onnx-fp32", "onnx-int8"}
     for r in b["backends"].values():
         assert 0 < r["batch1_p50_ms"] <= r["batch1_p95_ms"] and r["throughput_images_per_s"] > 0
+
+
+def test_rerun_after_a_kill_between_the_two_writes_replaces_the_leftover(exported, run_dir, tmp_path, mnist_dir):
+    """The int8 file is written first: a kill before the fp32 write leaves only it, and the rerun
+    recognises it as half of an export of the same weights instead of refusing forever."""
+    out, _ = exported
+    leftover = tmp_path / int8_path(out).name
+    leftover.write_bytes(int8_path(out).read_bytes())
+    again = tmp_path / out.name
+    with torch_threads(1):
+        report = export_onnx(run_dir, again, quantize="int8", data_dir=str(mnist_dir), verify=False)
+    assert report["int8"]["replaced_interrupted_export"] is True
+    assert again.is_file() and onnx.load(str(leftover)) is not None
+
+
+def test_an_unrelated_int8_file_is_not_replaced(run_dir, tmp_path, mnist_dir):
+    out = tmp_path / "digits.onnx"
+    int8_path(out).write_bytes(b"not an export of these weights")
+    with pytest.raises(RunExistsError):
+        export_onnx(run_dir, out, quantize="int8", data_dir=str(mnist_dir), verify=False)
+    assert int8_path(out).read_bytes() == b"not an export of these weights" and not out.exists()

@@ -141,12 +141,32 @@ def test_cli_test_split_finds_a_known_mnist_label_error(mnist_dir, tmp_path, cap
     issues = out["issues"]
     assert 1 <= len(issues) <= 5
     for row in issues:
-        assert set(row) == {"index", "label", "suggested", "score", "name", "suggested_name"}
+        assert set(row) == {"index", "label", "suggested", "score", "name", "suggested_name", "flagged"}
+        assert row["flagged"] is True  # without --fill only flagged images are listed
         assert row["label"] != row["suggested"] and row["name"] == str(row["label"])
     assert [r["score"] for r in issues] == sorted(r["score"] for r in issues)
     assert 1901 in [r["index"] for r in issues]  # a '9' that reads as a 4 (flagged by cleanlab too)
     png = Path(out["plots"][0])
     assert png.name == "label_issues.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_fill_lists_runners_up_after_the_flagged_images(mnist_dir, tmp_path, capsys):
+    from digitlab.cli import main
+
+    args = ["label-issues", "--limit", "2000", "--top", "6", "--data-dir", str(mnist_dir), "--json", "--quiet"]
+    with torch_threads(1):
+        assert main(args) == 0
+        plain = json.loads(capsys.readouterr().out)["issues"]
+        assert main([*args, "--fill", "--plots", str(tmp_path / "grid")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    filled = out["issues"]
+    assert len(plain) < 6 and len(filled) == 6  # the shipped model flags few; --fill tops the list up
+    assert filled[:len(plain)] == plain and not any(r["flagged"] for r in filled[len(plain):])
+    rest = filled[len(plain):]
+    assert all(r["label"] != r["suggested"] for r in rest)
+    assert [r["score"] for r in rest] == sorted(r["score"] for r in rest)
+    assert min(r["score"] for r in rest) >= 0 and len({r["index"] for r in filled}) == 6
+    assert (tmp_path / "grid" / "label_issues.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_train_split_cross_fits_on_fashion_mnist(monkeypatch, capsys):

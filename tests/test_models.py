@@ -8,6 +8,7 @@ are fitted, on 2,000 training images before they are exercised.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -561,10 +562,17 @@ REFERENCE_FORMS = {
 
 
 def _train_step_outputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """Logits of one train-mode forward (dropout seeded), parameter gradients and BN running stats after it."""
+    """Logits of one train-mode forward (dropout seeded), parameter gradients and BN running stats after it.
+
+    ``ops.Dropout`` draws its masks from random bytes, ``nn.Dropout`` with ``bernoulli_``: under
+    ``reference_dropout()`` both draw ``bernoulli_`` masks, so the same seed gives the same masks (the
+    fast draw itself is tested in tests/test_ops.py: exact rate, F.dropout's scaling and gradient)."""
+    from digitlab.models.ops import reference_dropout
+
     model.train()
     torch.manual_seed(123)
-    out = model(x)
+    with reference_dropout():
+        out = model(x)
     model.zero_grad(set_to_none=True)
     torch.nn.functional.cross_entropy(out, y).backward()
     grads = {k: p.grad.clone() for k, p in model.named_parameters()}
@@ -645,3 +653,27 @@ def test_cnn_simple_width_scales_the_filters_and_keeps_the_notebook_default():
     assert narrow(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ConfigError):
         create_model("cnn-simple", width=0)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_se_cnn_scales_after_pooling_with_the_same_result(batch, autocast):
+    """SECNN.scale_after_pool: pool(x)·w for pool(x·w) (w > 0, constant per map) is exact, in bf16 too;
+    the textbook copy (nn.MaxPool2d) runs the layers in order."""
+    from digitlab.models.ops import plain_copy
+
+    x, y = batch[0][:6], batch[1][:6]
+    torch.manual_seed(0)
+    fused = create_model("se-cnn").eval()
+    in_order = copy.deepcopy(fused)
+    in_order.scale_after_pool = False
+    assert fused.scale_after_pool
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        assert torch.equal(fused(x), in_order(x))
+    _assert_same_computation(fused, in_order, x, y)
+    calls: list[str] = []
+    plain = plain_copy(fused)
+    for m in plain.modules():
+        if type(m).__name__ == "SqueezeExcitation":
+            m.forward_pooled = lambda *a, **k: calls.append("pooled")  # type: ignore[method-assign]
+    plain(x)
+    assert calls == []

@@ -59,3 +59,27 @@ def test_photo_pictures_are_not_clean_paper(digits):
 def test_unknown_set_is_refused(digits):
     with pytest.raises(ValueError, match="unknown picture sets"):
         make_picture_sets(*digits, n=1, names=("selfies",))
+
+
+def test_no_digit_sets_record_what_each_picture_shows(digits):
+    from digitlab.data.pictures import BLANK_KINDS, NOT_A_DIGIT_KINDS, blank_picture, not_a_digit_picture
+
+    sets = make_picture_sets(*digits, n=30, seed=4, names=("blank", "not-a-digit", "user"))
+    assert set(sets["not-a-digit"].kinds) == set(NOT_A_DIGIT_KINDS)  # 30 draws cover all three kinds
+    assert set(sets["blank"].kinds) <= set(BLANK_KINDS) and len(sets["blank"].kinds) == 30
+    assert sets["user"].kinds == []
+    # the public one-picture generators give the same bytes from the same generator state
+    k = SET_NAMES.index("not-a-digit")
+    rng = np.random.default_rng([4, k])
+    assert [not_a_digit_picture(rng) for _ in range(30)] == sets["not-a-digit"].images
+    rng = np.random.default_rng([4, SET_NAMES.index("blank")])
+    assert [blank_picture(rng) for _ in range(30)] == sets["blank"].images
+
+
+def test_typical_picture_is_a_112_px_grey_png(digits):
+    from digitlab.data.pictures import typical_picture
+
+    img = Image.open(io.BytesIO(typical_picture(digits[0][0], np.random.default_rng(0))))
+    assert img.format == "PNG" and img.mode == "L" and img.size == (112, 112)
+    a = np.asarray(img)
+    assert a.max() == 255 and a.min() < 64  # dark ink on white

@@ -270,7 +270,8 @@ def test_load_model_onnx_without_onnxruntime(monkeypatch, tmp_path):
 
 
 def test_default_predict_imports_no_optional_extra(tmp_path, mnist):
-    """`import digitlab` and `digitlab predict` with the shipped model never touch onnx or the web stack."""
+    """`import digitlab` and `digitlab predict` with the shipped model never touch onnx, torch or the web stack:
+    with onnxruntime installed the shipped ONNX copy runs on it (the fast path), else torch does."""
     import subprocess
     import sys
 
@@ -283,12 +284,17 @@ def test_default_predict_imports_no_optional_extra(tmp_path, mnist):
         "code = main(['predict', sys.argv[1], '--json'])\n"
         "heavy = sorted(m for m in ('onnx', 'onnxruntime', 'onnxscript', 'fastapi', 'uvicorn', 'starlette')"
         " if m in sys.modules)\n"
-        "print(code, heavy)\n"
+        "print(code, heavy, 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", script, str(png)], capture_output=True, text=True, timeout=120,
                          check=True).stdout.strip().splitlines()
     assert json.loads(out[0])["label"] == int(mnist.test_labels[0])
-    assert out[-1] == "0 []"
+    from digitlab.inference.predictor import DEFAULT_ONNX_PATH, onnx_runtime_available
+
+    if onnx_runtime_available() and DEFAULT_ONNX_PATH.is_file():
+        assert out[-1] == "0 ['onnxruntime'] False"
+    else:
+        assert out[-1] == "0 [] True"
 
 
 def test_my_commands_follow_the_option_vocabulary():

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageOps
 from scipy import ndimage
 
@@ -419,27 +421,54 @@ def _outcome(data: bytes) -> None:
     assert out.shape == (28, 28) and out.dtype == np.uint8
 
 
+_FUZZ = {"deadline": None, "derandomize": True, "database": None,
+         "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's "Corrupt EXIF data" on mutated TIFFs
-def test_hypothesis_random_bytes_and_mutated_images():
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
+@settings(max_examples=150, **_FUZZ)
+@given(st.binary(max_size=2048))
+def test_hypothesis_random_bytes(data: bytes) -> None:
+    _outcome(data)
 
-    @settings(max_examples=150, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(st.binary(max_size=2048))
-    def random_bytes(data: bytes) -> None:
-        _outcome(data)
 
-    @settings(max_examples=250, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(st.sampled_from(range(len(SEEDS))),
-           st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
-           st.integers(0, 10_000))
-    def mutated(which: int, flips: list[tuple[int, int]], cut: int) -> None:
-        data = bytearray(SEEDS[which])
-        for pos, value in flips:
-            data[pos % len(data)] = value
-        _outcome(bytes(data[: max(8, len(data) - cut % len(data))]))
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(max_examples=250, **_FUZZ)
+@given(st.sampled_from(range(len(SEEDS))),
+       st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, 10_000))
+def test_hypothesis_mutated_images(which: int, flips: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(SEEDS[which])
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    _outcome(bytes(data[: max(8, len(data) - cut % len(data))]))
 
-    random_bytes()
-    mutated()
+
+def test_fast_detrend_is_the_least_squares_plane():
+    """The closed-form plane fit (normal equations over row/column sums) equals numpy's lstsq."""
+    from digitlab.inference.preprocess import _detrend
+
+    rng = np.random.default_rng(0)
+    for h, w in ((112, 112), (300, 170), (9, 40), (700, 500)):
+        lum = (rng.random((h, w)) * 0.3 + np.linspace(0.2, 0.6, w)[None, :]).astype(np.float32)
+        step = max(1, int(np.sqrt(h * w / 4096)))
+        ys, xs = np.linspace(-1, 1, h), np.linspace(-1, 1, w)
+        yy, xx = np.meshgrid(ys[::step], xs[::step], indexing="ij")
+        basis = np.stack([np.ones_like(yy), xx, yy], axis=-1).reshape(-1, 3)
+        coef, *_ = np.linalg.lstsq(basis, lum[::step, ::step].reshape(-1).astype(np.float64), rcond=None)
+        plane = coef[0] + coef[1] * xs[None, :] + coef[2] * ys[:, None]
+        expected = np.clip(lum - plane + 0.5, 0.0, 1.0)
+        np.testing.assert_allclose(_detrend(lum), expected, atol=1e-5)
+
+
+def test_windowed_blank_test_decides_like_the_whole_picture_blur():
+    from digitlab.inference.preprocess import BLANK_BLUR, MIN_CONTRAST, _peak_contrast
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        x = np.clip(rng.normal(0, rng.uniform(0.01, 0.15), (60, 80)), 0, 1).astype(np.float32)
+        if rng.random() < 0.5:  # a short stroke somewhere, sometimes at the edge
+            r, c = rng.integers(0, 60), rng.integers(0, 80)
+            x[r:r + 3, c:c + int(rng.integers(1, 12))] = rng.uniform(0.1, 1.0)
+        full = float(ndimage.gaussian_filter(x, BLANK_BLUR, truncate=2.0).max())
+        assert (_peak_contrast(x) < MIN_CONTRAST) == (full < MIN_CONTRAST)

@@ -239,3 +239,52 @@ def test_both_commands_run_on_a_fashion_mnist_model(fashion_run, capsys):
     assert out["dataset"] == "fashion-mnist" and out["split"] == "test" and out["n"] == 500
     assert len(out["issues"]) <= 3 and out["n_flagged"] >= len(out["issues"])
     assert all(r["name"] != r["suggested_name"] for r in out["issues"])
+
+
+def test_training_description_names_adversarial_training():
+    from digitlab.cli.robustness import training_description
+
+    std = training_description({"config": {"dataset": "mnist"}})
+    assert std["adversarial"] is None and "standard" in std["description"]
+    pgd = training_description({"config": {"adversarial": "pgd", "adv_eps": 0.3, "adv_steps": 10,
+                                           "adv_step_size": None, "adv_ramp": 1.0}})
+    assert (pgd["adversarial"], pgd["eps"], pgd["steps"]) == ("pgd", 0.3, 10)
+    assert pgd["step_size"] == pytest.approx(0.075)
+    assert "PGD-10 at ε=0.3" in pgd["description"] and "ramped over 1 epoch" in pgd["description"]
+    fgsm = training_description({"config": {"adversarial": "fgsm", "adv_eps": 0.2}})
+    assert fgsm["steps"] == 1 and fgsm["step_size"] == pytest.approx(0.25)
+
+
+def test_cli_shows_how_an_adversarially_trained_run_was_trained(mnist_dir, tmp_path, capsys):
+    from digitlab.cli import main
+
+    run = tmp_path / "robust"
+    with torch_threads(1):
+        assert main(["train", "--model", "mlp-basic-128", "--adversarial", "pgd", "--set", "adv_eps=0.2",
+                     "--set", "adv_steps=2", "--max-steps", "3", "--set", "tensorboard=false",
+                     "--data-dir", str(mnist_dir), "--out", str(run), "--quiet"]) == 0
+        capsys.readouterr()
+        assert main(["robustness", str(run), "--suite", "adversarial", "--limit", "8", "--eps", "0.2",
+                     "--steps", "2", "--step-size", "0.1", "--data-dir", str(mnist_dir), "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["training"]["adversarial"] == "pgd" and out["training"]["eps"] == 0.2
+    assert out["training"]["steps"] == 2
+    with torch_threads(1):
+        assert main(["robustness", str(run), "--limit", "8", "--corruptions", "fog",
+                     "--data-dir", str(mnist_dir), "--quiet"]) == 0
+    assert "adversarial training: L∞ PGD-2 at ε=0.2" in capsys.readouterr().out
+
+
+def test_a_corrupted_set_scores_like_the_streaming_evaluation(mnist, default_model):
+    """The study corrupts a subset once and scores every model on it: same numbers as the CLI's path."""
+    images, labels = mnist.test_images[:120], mnist.test_labels[:120]
+    names = ["shot_noise", "fog", "rotate", "canny_edges"]
+    with torch_threads(1):
+        data = corruptions.corrupt_set(images, labels, names, seed=3, batch_size=50)
+        shared = corruptions.score_corrupted(default_model, data, batch_size=50)
+        direct = corruptions.evaluate_corruptions(default_model, images, labels, names, seed=3, batch_size=50)
+    assert shared.per_corruption == direct.per_corruption and shared.mean == direct.mean
+    assert shared.clean_accuracy == direct.clean_accuracy and shared.n == 120
+    assert set(data.corrupted) == set(names) and data.corrupted["fog"].shape == (120, 1, 28, 28)
+    assert not torch.equal(data.corrupted["fog"], corruptions.corrupt_set(images, labels, ["fog"], seed=4,
+                                                                          batch_size=50).corrupted["fog"])

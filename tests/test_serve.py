@@ -314,3 +314,235 @@ def test_cli_serve_port_in_use_is_one_line(run_dir, monkeypatch, capsys):
         assert main(["serve", "--model", str(run_dir), "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip()
     assert f"port {port} on 127.0.0.1 is already in use" in err and len(err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------ issue 14: whole numbers over REST
+
+
+@pytest.fixture(scope="module")
+def number_page(predictor, mnist):
+    """A generated page holding a 3-digit number of test digits the test model reads surely."""
+    from digitlab.data.pictures import number_picture
+
+    images, labels = mnist.test_images[:500].numpy(), mnist.test_labels[:500].numpy()
+    pred, probs = predictor.predict(images)
+    sure = np.flatnonzero((pred == labels) & (probs.max(1) > 0.99))
+    wanted = "305"
+    picks = [next(int(i) for i in sure if labels[i] == int(c)) for c in wanted]
+    return number_picture([images[i] for i in picks], np.random.default_rng(3)), wanted
+
+
+def test_number_endpoint_upload_raw_and_base64(client, predictor, number_page):
+    from digitlab.cli.predict import number_reading
+
+    png, number = number_page
+    r = client.post("/api/number", files={"file": ("page.png", png, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"number", "confidence", "digits", "model", "elapsed_ms"}
+    assert body["number"] == number and body["model"] == "cnn-simple"  # "305": a string, zero kept
+    assert [d["label"] for d in body["digits"]] == [int(c) for c in number]
+    assert all(set(d) == {"label", "confidence", "box"} for d in body["digits"])
+    direct = number_reading(predictor.read_number(png)).to_dict()  # the same fields as predict --number
+    assert body["number"] == direct["number"]
+    assert [(d["label"], d["box"]) for d in body["digits"]] == [(d["label"], d["box"]) for d in direct["digits"]]
+    assert [d["confidence"] for d in body["digits"]] == pytest.approx([d["confidence"] for d in direct["digits"]])
+    assert body["confidence"] == pytest.approx(direct["confidence"], rel=1e-6)
+    assert body["confidence"] == pytest.approx(float(np.prod([d["confidence"] for d in body["digits"]])), rel=1e-6)
+    raw = client.post("/api/number", content=png, headers={"content-type": "image/png"}).json()
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    b64 = client.post("/api/number", json={"image": url}).json()
+    for other in (raw, b64):
+        assert other["number"] == number and other["digits"] == body["digits"]
+
+
+def test_number_endpoint_blank_and_errors(client, number_page):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (400, 150), 255).save(buf, "PNG")
+    blank = client.post("/api/number", files={"file": ("blank.png", buf.getvalue(), "image/png")})
+    assert blank.status_code == 200
+    assert blank.json()["number"] is None and blank.json()["digits"] == [] and blank.json()["confidence"] is None
+    post = client.post
+    _assert_error(post("/api/number", files={"file": ("x.png", b"not an image", "image/png")}), 400, "not an image")
+    _assert_error(post("/api/number", content=b"", headers={"content-type": "image/png"}), 400, "empty")
+    _assert_error(post("/api/number", json={"pixels": [[0] * 28] * 28}), 422, "'image'")
+    _assert_error(post("/api/number", json={"image": "!!"}), 400, "base64")
+    _assert_error(post("/api/number", content=b"x", headers={"content-type": "text/plain"}), 415, "Content-Type")
+    _assert_error(post("/api/number", files={"other": ("x.png", number_page[0], "image/png")}), 422, "'file'")
+    big = b"\x89PNG" + bytes(MAX_UPLOAD * 2)
+    _assert_error(post("/api/number", content=big, headers={"content-type": "image/png"}), 413, "limit")
+    _assert_error(post("/api/number", files={"file": ("bomb.png", bomb_png(20_000, 20_000), "image/png")}), 413,
+                  "decompression-bomb")
+    _assert_error(post("/api/number", files={"file": ("nan.tiff", _nan_tiff(), "image/tiff")}), 400, "NaN")
+    assert client.get("/api/number").status_code == 405
+
+
+def test_number_endpoint_in_the_schema_and_behind_the_token(client, predictor, number_page):
+    schema = client.get("/openapi.json").json()
+    op = schema["paths"]["/api/number"]["post"]
+    assert {"multipart/form-data", "application/json", "image/*"} <= set(op["requestBody"]["content"])
+    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/NumberResponse")
+    assert {"413", "415", "422"} <= set(op["responses"])
+    props = schema["components"]["schemas"]["NumberResponse"]["properties"]
+    assert {"number", "confidence", "digits"} <= set(props)
+    with TestClient(create_app(predictor, api_token="t0k", max_image_pixels=10_000)) as c:
+        png = number_page[0]
+        assert c.post("/api/number", files={"file": ("p.png", png, "image/png")}).status_code == 401
+        r = c.post("/api/number", files={"file": ("p.png", png, "image/png")}, headers={"Authorization": "Bearer t0k"})
+        _assert_error(r, 413, "exceeds")  # the app's own pixel limit, not the predictor's
+
+
+def test_multipart_edge_cases(client, sample):
+    _, label, png = sample
+    boundary = "b0und4ry"
+    two_parts = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
+                 f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
+                 f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
+    r = client.post("/api/predict", content=two_parts,
+                    headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 200 and r.json()["label"] == label
+    many = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nx\r\n".encode()
+                    for i in range(20)) + f"--{boundary}--\r\n".encode()
+    _assert_error(client.post("/api/predict", content=many, headers={
+        "content-type": f"multipart/form-data; boundary={boundary}"}), 400, "parts")
+    _assert_error(client.post("/api/predict", content=b"--x\r\n\x00\x01 garbage", headers={
+        "content-type": "multipart/form-data; boundary=x"}), 400, "malformed multipart")
+
+
+def test_worker_app_factory_builds_the_same_app(run_dir, monkeypatch, sample):
+    """``--workers N``: each worker builds its app from the settings in its environment."""
+    from digitlab.errors import ConfigError
+    from digitlab.serve.app import SETTINGS_ENV, ServeSettings, app_from_env
+
+    _, label, png = sample
+    settings = ServeSettings(model=str(run_dir), max_upload_bytes=123_456, api_token="w0rk",
+                             allowed_hosts=("127.0.0.1", "localhost"))
+    assert ServeSettings.from_json(settings.to_json()) == settings
+    monkeypatch.setenv(SETTINGS_ENV, settings.to_json())
+    with TestClient(app_from_env(), base_url="http://127.0.0.1:8000") as c:
+        auth = {"Authorization": "Bearer w0rk"}
+        assert c.get("/api/models", headers=auth).json()["limits"]["max_upload_bytes"] == 123_456
+        ok = c.post("/api/predict", files={"file": ("d.png", png, "image/png")}, headers=auth)
+        assert ok.json()["label"] == label
+        assert c.post("/api/predict", files={"file": ("d.png", png, "image/png")}).status_code == 401
+        assert c.get("/api/health", headers={"host": "evil.example"}).status_code == 400
+    monkeypatch.setenv(SETTINGS_ENV, "{not json")
+    with pytest.raises(ConfigError):
+        app_from_env()
+    monkeypatch.delenv(SETTINGS_ENV)
+    with pytest.raises(ConfigError, match="digitlab serve"):
+        app_from_env()
+
+
+def test_cli_serve_workers_uses_the_app_factory(run_dir, monkeypatch, capsys):
+    import os
+
+    import uvicorn
+
+    import digitlab.cli.serve as serve_cli
+    from digitlab.cli import main
+    from digitlab.serve.app import SETTINGS_ENV, ServeSettings
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(serve_cli, "check_port_free", lambda host, port: None)
+    monkeypatch.delenv(SETTINGS_ENV, raising=False)
+    assert main(["serve", "--model", str(run_dir), "--workers", "3", "--max-decodes", "4"]) == 0
+    app, kw = calls[-1]
+    assert app == "digitlab.serve.app:app_from_env" and kw["factory"] is True and kw["workers"] == 3
+    assert kw["http"].startswith("digitlab.serve.protocol:")  # the header timeout in every worker
+    settings = ServeSettings.from_json(os.environ.pop(SETTINGS_ENV))
+    assert settings.model == str(run_dir) and settings.max_decodes == 4
+    assert settings.allowed_hosts is not None and "127.0.0.1" in settings.allowed_hosts
+    assert "3 workers" in capsys.readouterr().err
+    assert main(["serve", "--model", str(run_dir), "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_header_timeout_closes_silent_and_slowloris_connections(predictor, sample):
+    """A connection that sends nothing, or its headers too slowly, is closed; normal requests are served."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from digitlab.serve import protocol
+
+    _, label, png = sample
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    protocol.set_header_timeout(0.5)
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off", http=protocol.HTTPProtocol))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+
+        def closed_after(first: bytes, drip: bytes = b"") -> float:
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                c.settimeout(10)
+                t0 = time.monotonic()
+                c.sendall(first)
+                for byte in drip:  # one header byte every 0.2 s: never done in time
+                    time.sleep(0.2)
+                    try:
+                        c.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                assert c.recv(100) == b""  # closed, no answer
+                return time.monotonic() - t0
+
+        assert closed_after(b"") < 5
+        assert closed_after(b"POST /api/predict HTTP/1.1\r\n", b"Host: 127.0.0.1\r\nX-Slow: " + b"a" * 40) < 5
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:  # keep-alive: reused
+            for _ in range(2):
+                r = client.post("/api/predict", files={"file": ("d.png", png, "image/png")})
+                assert r.status_code == 200 and r.json()["label"] == label
+                time.sleep(0.8)  # longer than the header timeout, shorter than keep-alive
+    finally:
+        protocol.set_header_timeout(protocol.DEFAULT_HEADER_TIMEOUT)
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_multipart_parser_fuzz():
+    """Random bytes and mutations of a valid body: the multipart parser answers 400/422, never anything else."""
+    from fastapi import HTTPException
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from digitlab.serve.app import _multipart_file
+
+    boundary = "XyZ"
+    valid = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+             b"Content-Type: image/png\r\n\r\n\x89PNG-data\r\n--XyZ--\r\n")
+    assert _multipart_file(f"multipart/form-data; boundary={boundary}", valid) == b"\x89PNG-data"
+
+    @settings(max_examples=300, derandomize=True, database=None, deadline=None)
+    @given(cut=st.integers(0, len(valid)), pos=st.integers(0, len(valid) - 1), byte=st.integers(0, 255),
+           junk=st.binary(max_size=64), header=st.sampled_from([
+               "multipart/form-data; boundary=XyZ", "multipart/form-data; boundary=\"XyZ\"",
+               "multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=" + "x" * 200]))
+    def fuzz(cut, pos, byte, junk, header):
+        mutated = bytearray(valid)
+        mutated[pos] = byte
+        for body in (bytes(mutated), valid[:cut] + junk, junk):
+            try:
+                out = _multipart_file(header, body)
+            except HTTPException as exc:
+                assert exc.status_code in (400, 422)
+            else:
+                assert isinstance(out, bytes)
+
+    fuzz()

@@ -19,7 +19,8 @@ from digitlab.errors import ConfigError, RunExistsError
 from digitlab.report.study import PRESETS, make_settings, plan_runs, run_study
 
 # the answer first, the data exploration last
-SECTIONS = ("verdict", "alerts", "comparison", "figures", "models", "robustness", "statistics", "data", "about")
+SECTIONS = ("verdict", "alerts", "comparison", "figures", "corruptions", "models", "robustness", "statistics", "data",
+            "about")
 STUDIED = {"mlp-basic-128", "mlp-128-64", "cnn-simple", "logreg"}
 SHIPPED = "default (shipped)"
 
@@ -109,6 +110,48 @@ def test_report_files_and_numbers(study_dir):
     summary = (out / "summary.md").read_text()
     assert all(m in summary for m in models)
     assert summary.index("## Verdict") < summary.index("## Comparison")
+
+
+def test_corruption_robustness_of_every_model(study_dir, mnist):
+    """Issue 18: the 15 MNIST-C corruptions on a seeded subset, per model, in report.json and the HTML."""
+    from digitlab.analysis import corruptions
+    from digitlab.checkpoint import load_checkpoint
+
+    out, data = study_dir[0], study_dir[1]
+    saved = json.loads((out / "report.json").read_text())
+    corr = saved["corruptions"]
+    assert corr == data["corruptions"]
+    assert corr["n"] == PRESETS["smoke"].corruption_images == 300 and corr["seed"] == 0
+    assert set(corr["models"]) == STUDIED | {SHIPPED}
+    for name, r in corr["models"].items():
+        assert list(r["per_corruption"]) == list(corruptions.CORRUPTION_NAMES), name
+        assert r["mean"] == pytest.approx(sum(r["per_corruption"].values()) / 15)
+        assert r["n"] == 300 and 0 <= min(r["per_corruption"].values()) <= r["mean"] <= 1
+    shipped = corr["models"][SHIPPED]
+    assert shipped["clean_accuracy"] > 0.97 and shipped["mean"] < shipped["clean_accuracy"]
+    # the numbers are the ones `digitlab robustness` gives for the same images, seed and batch size
+    model, _ = load_checkpoint("default")
+    again = corruptions.evaluate_corruptions(model, mnist.test_images[:300], mnist.test_labels[:300],
+                                             ["fog", "canny_edges"], seed=0)
+    assert again.per_corruption == {k: shipped["per_corruption"][k] for k in ("fog", "canny_edges")}
+    html = (out / "report.html").read_text()
+    section = html[html.index('id="corruptions"'):html.index('id="models"')]
+    assert "MNIST-C" in section and "first 300 test images" in section and "canny edges" in section
+    assert "corruption examples" in section and f"{100 * shipped['mean']:.2f}" in section
+    assert html.index('id="comparison"') < html.index('id="corruptions"') < html.index('id="models"')
+    assert "## Robustness: corruptions (MNIST-C)" in (out / "summary.md").read_text()
+
+
+def test_data_section_lists_suspicious_test_labels(study_dir):
+    """Issue 18: the exploration (last section) names the test labels the shipped model rejects."""
+    out = study_dir[0]
+    saved = json.loads((out / "report.json").read_text())
+    li = saved["explore"]["label_issues"]
+    assert li["model"] == "default" and li["n"] == 10000 and li["issues"][0]["flagged"]
+    html = (out / "report.html").read_text()
+    data = html[html.index('id="data"'):html.index('id="about"')]
+    assert "Suspicious test labels" in data and "most suspicious test labels" in data
+    assert f"<td>{li['issues'][0]['index']}</td>" in data
 
 
 class _Collector(HTMLParser):

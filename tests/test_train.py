@@ -280,6 +280,19 @@ def test_cli_train_then_refuse_overwrite(tmp_path, capsys):
     assert yaml.safe_load((out / "config.yaml").read_text())["max_steps"] == 5
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_leaves_no_run_directory(tmp_path, capsys):
+    """`--device cuda` without CUDA is refused before the run directory exists, so the retry on
+    another device is not blocked by a half-made directory."""
+    from digitlab.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--model", "mlp-basic-128", "--max-steps", "2", "--out", str(out), "--set", "tensorboard=false"]
+    assert main([*argv, "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--device", "cpu"]) == 0 and (out / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("name", [n for n in list_models() if model_info(n).uses_gradient])
 def test_every_gradient_model_takes_training_steps(name, small):
     """Each registered model trains for a few steps through the real loop without NaNs."""
@@ -423,3 +436,179 @@ def test_train_without_tensorboard_says_so_once(small, tmp_path, monkeypatch, ca
     assert err.count("TensorBoard logging is off") == 1 and "digitlab[tensorboard]" in err
     assert "Traceback" not in err
     assert not (tmp_path / "a" / "tensorboard").exists() and (tmp_path / "a" / "model.safetensors").is_file()
+
+
+# --- issue 15: user errors in the config are one-line errors naming the field ------------------------
+
+@pytest.mark.parametrize("item, field", [
+    ("lr=abc", "lr"), ("lr=1e999", "lr"), ("lr=nan", "lr"), ("lr=.inf", "lr"), ("epochs=1.5", "epochs"),
+    ("batch_size=0", "batch_size"), ("epochs=true", "epochs"), ("weight_decay=[1]", "weight_decay"),
+    ("augment=5", "augment"), ("augment={spin: 3}", "augment"), ("betas=[a, b]", "betas"),
+    ("grad_clip=-inf", "grad_clip"), ("adversarial=cw", "adversarial"), ("adv_eps=2", "adv_eps"),
+    ("adv_steps=0", "adv_steps"), ("adv_ramp=-1", "adv_ramp"), ("deterministic=3", "deterministic"),
+])
+def test_set_values_of_the_wrong_type_or_range_name_the_field(item, field):
+    from digitlab.train.config import parse_set_option
+
+    with pytest.raises(ConfigError, match=rf"^{field}\b") as info:
+        TrainConfig().override(**parse_set_option([item]))
+    assert "\n" not in str(info.value) and "not supported between" not in str(info.value)
+
+
+def test_numbers_are_read_as_the_declared_types():
+    from digitlab.train.config import parse_set_option
+
+    cfg = TrainConfig().override(**parse_set_option(["lr=1e-3", "epochs=2.0", "max_lr=1", "final_div_factor=1e4"]))
+    assert cfg.lr == 0.001 and isinstance(cfg.lr, float)  # YAML 1.1 reads "1e-3" as text
+    assert cfg.epochs == 2 and isinstance(cfg.epochs, int)
+    assert cfg.max_lr == 1.0 and isinstance(cfg.max_lr, float)
+    assert cfg.final_div_factor == 1e4
+
+
+def test_set_with_invalid_yaml_is_one_config_error():
+    from digitlab.train.config import parse_set_option
+
+    with pytest.raises(ConfigError, match=r"--set augment: .* is not valid YAML") as info:
+        parse_set_option(["augment={rotation: [1"])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--set", "augment={rotation: [1"], "--set augment"),
+    (["--set", "lr=abc"], "lr must be a finite number"),
+    (["--set", "lr=1e999"], "lr must be a finite number, got '1e999'"),
+    (["--set", "lr=nan"], "lr must be a finite number"),
+    (["--set", "epochs=1.5"], "epochs must be an integer, got 1.5"),
+    (["--set", "batch_size=0"], "batch_size must be >= 1"),
+    (["--nproc", "0"], "--nproc must be >= 1"),
+    (["--adversarial", "pgd", "--set", "adv_eps=0"], "adv_eps must be in (0, 1]"),
+])
+def test_cli_train_config_errors_are_one_line(argv, needle, tmp_path, capsys):
+    from digitlab.cli import main
+
+    out = tmp_path / "never"
+    assert main(["train", "--model", "mlp-basic-128", "--max-steps", "1", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_epoch_seconds_spans_the_whole_epoch_across_checkpoints_and_resume(small, tmp_path):
+    """Issue 15: with checkpoint_every, history's epoch_seconds restarted at every intermediate save."""
+    pause = 0.02
+
+    def slow(trainer, **_):
+        time.sleep(pause)
+
+    # 2,700 training images / 90 = 30 steps per epoch; saves at steps 7, 14, 21, 28
+    cfg = TrainConfig(model="mlp-basic-128", epochs=2, batch_size=90, checkpoint_every=7, val_max_images=100,
+                      tensorboard=False)
+    full = train_run(cfg, tmp_path / "full", progress=False, dataset=small, evaluate_test=False,
+                     callbacks=[LambdaCallback(step_end=slow)])
+    seconds = [h["epoch_seconds"] for h in full.fit.history]
+    assert len(seconds) == 2 and all(s >= 30 * pause for s in seconds), seconds
+    assert sum(seconds) == pytest.approx(full.fit.train_seconds, rel=1e-9)
+    rows = (tmp_path / "full" / "history.csv").read_text().strip().splitlines()
+    assert [float(r.split(",")[-1]) for r in rows[1:]] == pytest.approx(seconds)
+
+    def interrupt(trainer, **_):
+        time.sleep(pause)
+        if trainer.state.step == 45:  # epoch 2, after the save at step 42
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "cut", progress=False, dataset=small, evaluate_test=False,
+                  callbacks=[LambdaCallback(step_end=interrupt)])
+    resumed = train_run(None, tmp_path / "cut", resume=True, progress=False, dataset=small, evaluate_test=False,
+                        callbacks=[LambdaCallback(step_end=slow)])
+    # epoch 2 ran steps 31-42 before the cut (saved) and 43-60 after it: at least 30 pauses in all
+    assert resumed.fit.history[1]["epoch_seconds"] >= 30 * pause
+
+
+# --- adversarial training ---------------------------------------------------------------------------
+
+def test_adversarial_config_is_recorded_and_validated(tmp_path):
+    import argparse
+
+    from digitlab.cli.train import build_config, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--model", "cnn-simple", "--adversarial", "pgd", "--set", "adv_eps=0.2",
+                              "--set", "adv_ramp=0.5"])
+    cfg = build_config(args)
+    assert (cfg.adversarial, cfg.adv_eps, cfg.adv_ramp, cfg.adv_steps) == ("pgd", 0.2, 0.5, 7)
+    assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+    assert TrainConfig().adversarial is None
+    with pytest.raises(ConfigError, match="adv_step_size"):
+        TrainConfig(adversarial="pgd", adv_step_size=0)
+
+
+def test_adversarial_batches_stay_in_the_ball_and_are_seeded(small):
+    from digitlab.data.splits import make_splits
+    from digitlab.train.loop import Trainer
+
+    splits = make_splits(small, 0.1, 0)
+    cfg = TrainConfig(model="cnn-simple", epochs=1, batch_size=50, adversarial="pgd", adv_eps=0.1,
+                      adv_steps=3, adv_ramp=1.0, tensorboard=False)
+    torch.manual_seed(0)
+    trainer = Trainer(create_model("cnn-simple"), splits, cfg, device="cpu")
+    x = splits.train.images[:50].unsqueeze(1).float() / 255
+    y = splits.train.labels[:50]
+    per_epoch = trainer.steps_per_epoch
+    assert trainer.adversarial_eps(per_epoch - 1) == pytest.approx(0.1)
+    assert trainer.adversarial_eps(per_epoch // 2 - 1) == pytest.approx(0.05)
+    eps, steps, size = trainer.adversarial_attack_settings(per_epoch)
+    assert (eps, steps) == (pytest.approx(0.1), 3) and size == pytest.approx(2.5 * 0.1 / 3)
+    trainer.state.step = per_epoch  # full ε
+    trainer.raw_model.train()
+    grads_before = [p.grad for p in trainer.raw_model.parameters()]
+    a = trainer.adversarial_batch(x, y)
+    assert trainer.raw_model.training  # mode restored
+    assert all(p.requires_grad for p in trainer.raw_model.parameters())
+    assert [p.grad for p in trainer.raw_model.parameters()] == grads_before  # parameters' .grad untouched
+    assert (a - x).abs().max() <= 0.1 + 1e-6 and (a - x).abs().max() > 0.05
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, trainer.adversarial_batch(x, y))  # a function of (seed, step)
+    trainer.state.step += 1
+    assert not torch.equal(a, trainer.adversarial_batch(x, y))
+    with torch.no_grad():
+        trainer.raw_model.eval()
+        loss_clean = torch.nn.functional.cross_entropy(trainer.raw_model(x), y)
+        loss_adv = torch.nn.functional.cross_entropy(trainer.raw_model(a), y)
+    assert loss_adv > loss_clean  # it is an attack
+
+
+def test_adversarial_training_resumes_exactly(small, tmp_path):
+    cfg = _resume_cfg(adversarial="pgd", adv_steps=2, adv_eps=0.2, max_steps=20, augment=None)
+    full = train_run(cfg, tmp_path / "full", progress=False, dataset=small, evaluate_test=False)
+
+    def interrupt(trainer, **_):
+        if trainer.state.step == 10:  # between the saves at 7 and 14
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "cut", progress=False, dataset=small, evaluate_test=False,
+                  callbacks=[LambdaCallback(step_end=interrupt)])
+    resumed = train_run(None, tmp_path / "cut", resume=True, progress=False, dataset=small, evaluate_test=False)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert resumed.meta["config"]["adversarial"] == "pgd"
+
+
+def test_adversarial_training_buys_robustness(small):
+    """A small MLP trained on PGD batches keeps more accuracy under PGD than the same MLP trained on
+    clean batches (same data, steps and seed)."""
+    from digitlab.analysis.adversarial import evaluate_adversarial
+
+    accs = {}
+    for mode in (None, "pgd"):
+        cfg = TrainConfig(model="mlp-basic-128", epochs=3, batch_size=100, adversarial=mode, adv_eps=0.1,
+                          adv_steps=3, val_fraction=0, tensorboard=False)
+        result = train_run(cfg, None, progress=False, dataset=small, evaluate_test=False)
+        adv = evaluate_adversarial(result.model, small.test_images[:300], small.test_labels[:300], eps=[0.1],
+                                   steps=10, step_size=0.025)
+        accs[mode] = (adv.clean_accuracy, adv.pgd[0])
+    assert accs["pgd"][1] > accs[None][1] + 0.2, accs
+    assert accs["pgd"][0] > 0.6, accs  # and it still learned the digits

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,60 @@ def test_bench_zoo_command_usage_errors(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def _script(name: str):
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_options_script_tabulates_each_option(capsys):
+    script = _script("measure_speed_options")
+    chosen = ["shipped", "before", "se-in-order", "no-nan-fill", "fused-optimizer"]
+    assert script.main(["--models", "se-cnn", "--options", ",".join(chosen), "--steps", "1", "--rounds", "1",
+                        "--batch-size", "8", "--threads", "1", "--cpu-time"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (row,) = out["models"]
+    assert row["model"] == "se-cnn" and row["plain_ms_per_step"] > 0 and out["clock"] == "process CPU time"
+    options = {r["option"]: r for r in row["options"]}
+    assert list(options) == chosen and row["fastest"] in options
+    assert options["shipped"]["speedup_vs_shipped"] == pytest.approx(1.0)
+    for r in options.values():
+        assert r["ms_per_step"] > 0
+        assert r["ratio_vs_plain"] == pytest.approx(r["ms_per_step"] / row["plain_ms_per_step"])
+    assert torch.utils.deterministic.fill_uninitialized_memory  # the option's context restored it
+    from digitlab.train import loop
+
+    assert loop.build_optimizer.__module__ == "digitlab.train.loop"  # ... and the patched optimizer builder
+    assert script.main(["--options", "no-such-option"]) == 2
+
+
+def test_speed_option_transforms_give_the_previous_form():
+    from digitlab.models import create_model
+    from digitlab.models.ops import Dropout, GlobalAvgPool2d
+
+    script = _script("measure_speed_options")
+    model = create_model("se-cnn")
+    before = script.previous_form(create_model("se-cnn"))
+    assert any(isinstance(m, (Dropout, GlobalAvgPool2d)) for m in model.modules())
+    assert not any(isinstance(m, (Dropout, GlobalAvgPool2d)) for m in before.modules())
+    assert model.scale_after_pool and not before.scale_after_pool
+    assert list(before.state_dict()) == list(model.state_dict())
+
+
+def test_plain_loop_uses_torchs_default_optimizer():
+    from digitlab.models import create_model
+    from digitlab.train.loop import build_optimizer
+
+    cfg = engine_config("cnn-deep", 32)
+    model = create_model("cnn-deep")
+    opt = zoo.textbook_optimizer(model, cfg)
+    assert type(opt) is torch.optim.Adam and not opt.defaults["fused"] and not opt.defaults["foreach"]
+    engine = build_optimizer(model, cfg)
+    for key in ("lr", "betas", "weight_decay", "eps"):
+        assert opt.defaults[key] == engine.defaults[key]

@@ -167,3 +167,17 @@ def ensure_new_dir(path: str | os.PathLike[str], what: str = "output directory")
         raise RunExistsError(exists_message(path, what))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def machine_summary() -> dict[str, Any]:
+    """CPU model, core count, Python and platform, without importing torch (for result files)."""
+    import platform
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}

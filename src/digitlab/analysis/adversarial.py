@@ -68,7 +68,9 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s
     ``‖x − x₀‖∞ ≤ ε`` and [0, 1]. Returns a detached tensor like ``x``. Only input
     gradients are computed (parameters' ``.grad`` are untouched); the model is used in
     its current mode, so a training loop should call it with the model in eval mode (or
-    accept that batch-norm statistics see the attack's forward passes).
+    accept that batch-norm statistics see the attack's forward passes). digitlab's own
+    adversarial training (:meth:`digitlab.train.loop.Trainer.adversarial_batch`) attacks in
+    eval mode with the parameters' ``requires_grad`` off, then trains in train mode.
     """
     if eps < 0 or steps < 0 or step_size < 0:
         raise ConfigError(f"pgd_attack needs eps, steps, step_size >= 0, got {eps}, {steps}, {step_size}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -385,6 +385,72 @@ class CorruptionSuiteResult:
         return asdict(self)
 
 
+def corrupted_batches(images: torch.Tensor, name: str, severity: float = 1.0, seed: int = 0,
+                      batch_size: int = 1000) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, corrupted float batch)`` of ``images`` under corruption ``name``, batch by batch.
+
+    Corruption ``name`` draws from its own generator seeded with :func:`corruption_seed`,
+    consumed batch by batch, so the result depends on ``seed`` and ``batch_size`` (and on
+    nothing else: every model scored on these batches sees the same corrupted images).
+    """
+    from digitlab.models.forward import as_float_batch
+
+    if name not in CORRUPTIONS:
+        raise ConfigError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTION_NAMES)}")
+    severity = check_severity(severity)
+    gen = torch.Generator().manual_seed(corruption_seed(seed, name))
+    for start in range(0, int(images.shape[0]), batch_size):
+        x = as_float_batch(images[start:start + batch_size].cpu())
+        yield start, CORRUPTIONS[name].fn(x, severity, gen)
+
+
+@dataclass
+class CorruptedSet:
+    """A test subset and its corrupted versions, made once and scored for many models
+    (:func:`score_corrupted` gives the numbers :func:`evaluate_corruptions` gives for one model)."""
+
+    clean: torch.Tensor
+    """The images as given (uint8 ``N×28×28`` or float)."""
+    labels: torch.Tensor
+    corrupted: dict[str, torch.Tensor]
+    """Per corruption: float ``N×1×28×28`` in [0, 1]."""
+    severity: float
+    seed: int
+    seconds: float
+    """Time spent corrupting."""
+
+
+def corrupt_set(images: torch.Tensor, labels: torch.Tensor, names: Sequence[str] | None = None,
+                severity: float = 1.0, seed: int = 0, batch_size: int = 1000) -> CorruptedSet:
+    """Every corruption of ``images`` at once (memory: 15 × N × 784 floats; meant for a subset)."""
+    names = parse_corruptions(names)
+    severity = check_severity(severity)
+    if int(labels.shape[0]) == 0:
+        raise ConfigError("no images to evaluate")
+    t0 = time.perf_counter()
+    corrupted = {name: torch.cat([xc for _, xc in corrupted_batches(images, name, severity, seed, batch_size)])
+                 for name in names}
+    return CorruptedSet(images, labels.cpu(), corrupted, severity, seed, time.perf_counter() - t0)
+
+
+def score_corrupted(model: nn.Module, data: CorruptedSet, batch_size: int = 1000) -> CorruptionSuiteResult:
+    """Accuracy of ``model`` on each corruption of ``data`` (the corruption time counts in ``seconds``)."""
+    from digitlab.models.forward import predict_logits
+
+    t0 = time.perf_counter()
+    labels = data.labels
+    n = int(labels.shape[0])
+
+    def accuracy(x: torch.Tensor) -> float:
+        return int((predict_logits(model, x, batch_size).argmax(1) == labels).sum()) / n
+
+    clean = accuracy(data.clean)
+    accs = {name: accuracy(xc) for name, xc in data.corrupted.items()}
+    return CorruptionSuiteResult(clean, accs, sum(accs.values()) / len(accs), data.severity, data.seed,
+                                 n, data.seconds + time.perf_counter() - t0,
+                                 {k: CORRUPTIONS[k].parameter for k in accs})
+
+
 def evaluate_corruptions(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                          names: Sequence[str] | None = None, severity: float = 1.0, seed: int = 0,
                          batch_size: int = 1000,
@@ -392,9 +458,10 @@ def evaluate_corruptions(model: nn.Module, images: torch.Tensor, labels: torch.T
     """Accuracy of ``model`` on ``images`` (uint8 ``N×28×28`` or float) under each corruption.
 
     Corruption ``k`` draws from its own generator seeded with :func:`corruption_seed`,
-    consumed batch by batch (so results depend on ``seed`` and ``batch_size``).
+    consumed batch by batch (so results depend on ``seed`` and ``batch_size``); the batches
+    are made and scored one at a time (see :func:`corrupt_set` to score many models).
     """
-    from digitlab.models.forward import as_float_batch, predict_logits
+    from digitlab.models.forward import predict_logits
 
     names = parse_corruptions(names)
     severity = check_severity(severity)
@@ -408,11 +475,8 @@ def evaluate_corruptions(model: nn.Module, images: torch.Tensor, labels: torch.T
     for name in names:
         if progress:
             progress(name)
-        gen = torch.Generator().manual_seed(corruption_seed(seed, name))
         correct = 0
-        for start in range(0, n, batch_size):
-            x = as_float_batch(images[start:start + batch_size].cpu())
-            xc = CORRUPTIONS[name].fn(x, severity, gen)
+        for start, xc in corrupted_batches(images, name, severity, seed, batch_size):
             pred = predict_logits(model, xc, batch_size).argmax(1)
             correct += int((pred == labels[start:start + batch_size]).sum())
         accs[name] = correct / n

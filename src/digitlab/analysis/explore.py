@@ -5,7 +5,9 @@ distribution (train and test) with percentages, pixel-intensity histogram, mean
 image, per-class mean and std images, pixel-variance map, constant/active pixel
 counts, the per-pixel F-test (``f_classif``) importance map with its top-196
 pixels, a one-way ANOVA of per-image mean intensity across classes, a sample
-grid and augmentation examples.
+grid and augmentation examples — and what the notebooks' "clean, no anomalies"
+missed: the most suspicious test labels, ranked by confident learning on the
+shipped model's probabilities (:func:`explore_label_issues`).
 
 Computation and plotting are separate:
 
@@ -15,7 +17,8 @@ Computation and plotting are separate:
   pixels, F-scores — derives from those sums.
 * :func:`explore_figures` renders PNG bytes (matplotlib Agg, imported lazily).
 * :func:`run_explore` is what ``digitlab explore`` calls: load, compute, plot,
-  write the PNGs and ``explore.json`` atomically into a new directory.
+  write the PNGs, ``explore.html`` (every figure and table in one page) and
+  ``explore.json`` atomically into a new directory.
 """
 
 from __future__ import annotations
@@ -44,8 +47,13 @@ JSON_NAME = "explore.json"
 FIGURE_NAMES = (
     "class_distribution", "intensity_histogram", "mean_image", "class_mean_images",
     "class_std_images", "pixel_variance", "f_test_importance", "class_mean_intensity",
-    "sample_grid", "augmentation_examples",
+    "sample_grid", "augmentation_examples", "label_issues",
 )
+HTML_NAME = "explore.html"
+LABEL_ISSUES_MODEL = "default"
+"""The model whose test-set probabilities rank suspicious labels (the shipped model, trained on MNIST)."""
+LABEL_ISSUES_TOP = 24
+"""Suspects listed and shown in the grid."""
 # keys holding whole images / maps: in explore.json, left out of the short summary
 _MAP_KEYS = (("mean_image",), ("class_mean_images",), ("class_std_images",), ("pixel_variance", "map"),
              ("f_test", "scores"), ("f_test", "importance_map"), ("intensity_histogram", "value_counts"),
@@ -146,8 +154,44 @@ def augmentation_examples(dataset: Any, digits: Sequence[int] = AUG_DIGITS, vers
     return indices, originals, augmented
 
 
+def explore_label_issues(dataset: Any, model: str = LABEL_ISSUES_MODEL,
+                         top: int = LABEL_ISSUES_TOP) -> dict[str, Any]:
+    """The ``top`` most suspicious labels of ``dataset``'s test split, by confident learning.
+
+    Out-of-sample probabilities come from ``model`` (never trained on the test images), with a
+    temperature fitted to the split, flagged by prune-by-noise-rate and ranked by self-confidence:
+    the flagged rows (``"flagged": true``) are exactly what ``digitlab label-issues --model MODEL
+    --top N`` prints. An accurate model flags few, so the list is filled up to ``top`` with the next
+    lowest-quality images whose label the model rejects (``"flagged": false``). A model trained on
+    another dataset says nothing about these labels: the result then only says why it was skipped.
+    """
+    from digitlab.analysis import label_issues as li
+    from digitlab.checkpoint import dataset_of, load_checkpoint
+
+    t0 = time.perf_counter()
+    net, meta = load_checkpoint(model, device="cpu")
+    trained_on = dataset_of(meta)
+    command = f"digitlab label-issues --dataset {dataset.name} --model {model} --top {top} --plots DIR"
+    if trained_on != dataset.name:
+        return {"model": model, "split": "test", "issues": [], "command": command,
+                "skipped": f"model {model} was trained on {trained_on}, not {dataset.name}; give a model trained "
+                           f"on {dataset.name} (or run digitlab label-issues --dataset {dataset.name} "
+                           "--split train, which cross-fits one)"}
+    labels = dataset.test_labels.cpu().numpy()
+    probs = li.model_probabilities(net, dataset.test_images)
+    ranked = li.rank_issues(labels, probs, dataset.spec.class_names, top=top, fill=True)
+    issues = ([{**r, "flagged": True} for r in li.rows_as_dicts(ranked.rows)]
+              + [{**r, "flagged": False} for r in li.rows_as_dicts(ranked.runners_up)])
+    return {
+        "model": model, "split": "test", "n": int(labels.shape[0]), "method": "prune_by_noise_rate",
+        "rank_by": "self_confidence", "temperature": ranked.temperature, "accuracy": ranked.accuracy,
+        "n_flagged": int(len(ranked.found.indices)), "top": top, "issues": issues,
+        "seconds": round(time.perf_counter() - t0, 3), "command": command, "skipped": None,
+    }
+
+
 def explore_dataset(dataset: Any, pixels: int = DEFAULT_PIXELS, hist_bins: int = HIST_BINS, seed: int = 0,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, label_model: str | None = LABEL_ISSUES_MODEL) -> dict[str, Any]:
     """Every exploration number for ``dataset`` (a :class:`digitlab.data.Dataset`), JSON-ready.
 
     Pixel statistics are on the training set (as in the notebooks); class
@@ -155,6 +199,8 @@ def explore_dataset(dataset: Any, pixels: int = DEFAULT_PIXELS, hist_bins: int =
     Images (mean, per-class mean/std, variance, F-score maps) are 28×28 nested
     lists; F-scores of constant pixels are ``None`` (NaN in scikit-learn).
     ``pixels`` is how many of the highest-scoring F-test pixels to keep and list.
+    ``label_model``: the model whose test probabilities rank suspicious labels
+    (:func:`explore_label_issues`; None: no label-issue section).
     """
     import torch
     from scipy import stats as sps
@@ -302,6 +348,7 @@ def explore_dataset(dataset: Any, pixels: int = DEFAULT_PIXELS, hist_bins: int =
             "original_mean_std": [[float(o.mean()), float(o.std())] for o in aug_orig],
             "augmented_mean_std": [[[float(a.mean()), float(a.std())] for a in row] for row in aug],
         },
+        "label_issues": explore_label_issues(dataset, label_model) if label_model else None,
         "timings": {"statistics_s": round(time.perf_counter() - t0, 3)},
     })
 
@@ -499,20 +546,99 @@ def explore_figures(dataset: Any, stats: dict[str, Any], progress: bool = False)
                          f"shift ±{cfg['shift']:g}; seed {aug['seed']}); mean±std per image", fontsize=9,
                          pad=22)
             figures[name] = fig_to_png(fig)
+        elif name == "label_issues":
+            png = label_issues_png(dataset, stats.get("label_issues"))
+            if png is not None:
+                figures[name] = png
     return figures
+
+
+def label_issues_png(dataset: Any, found: dict[str, Any] | None) -> bytes | None:
+    """The grid of the suspects of :func:`explore_label_issues` (given→suggested, label quality, index);
+    None when there is nothing to show."""
+    if not found or not found.get("issues"):
+        return None
+    from digitlab.analysis import label_issues as li
+
+    rows = [li.LabelIssue(**{k: v for k, v in r.items() if k != "flagged"}) for r in found["issues"]]
+    notes = [f"#{r['index']}" + (" flagged" if r.get("flagged") else "") for r in found["issues"]]
+    return li.suspects_png(dataset.test_images[[r.index for r in rows]], rows, dataset.spec.class_names,
+                           title=f"{dataset.name} test: the {len(rows)} most suspicious labels "
+                                 f"(given→suggested; flagged = by confident learning; {found['model']} model)",
+                           notes=notes)
+
+
+def explore_html(stats: dict[str, Any], figures: dict[str, bytes]) -> str:
+    """One self-contained page: the class table, pixel facts, every figure and the suspicious labels."""
+    from digitlab.report.html import Report
+
+    names = [str(c) for c in stats["data"]["class_names"]]
+    tr, te = stats["class_distribution"]["train"], stats["class_distribution"]["test"]
+    rep = Report(f"digitlab explore: {stats['dataset']}",
+                 f"{stats['dataset']} from {stats['source']}: {tr['count']:,} training and {te['count']:,} test "
+                 "images")
+    s = rep.section("classes", "Classes")
+    s.table(["class", "train", "train %", "test", "test %"],
+            [[names[c], tr["counts"][c], tr["percent"][c], te["counts"][c], te["percent"][c]]
+             for c in range(len(names))], digits=2)
+    px, an, ft = stats["pixels"], stats["anova_mean_intensity"], stats["f_test"]
+    s = rep.section("pixels", "Pixels")
+    s.items([f"Training pixels: mean {px['mean']:.2f}, std {px['std']:.2f} (0–255), "
+             f"{px['zero_percent']:.2f}% zeros.",
+             f"{px['constant_pixels']} constant and {px['active_pixels']} active pixels of {px['total_pixels']}.",
+             f"ANOVA of per-image mean intensity across classes: F = {an['F']:.2f}, log10 p = "
+             f"{an['log10_p_value']:.1f}.",
+             f"F-test: {ft['pixels_scored']} pixels scored, the top {ft['pixels']} kept "
+             f"(F ≥ {ft['pixels_min_f']:.1f})."])
+    s = rep.section("figures", "Figures")
+    for name, png in figures.items():
+        if name != "label_issues":
+            s.figure(png, name.replace("_", " "), width=640)
+    label_issues_section(rep.section("label-issues", "Suspicious test labels"), stats.get("label_issues"),
+                          figures.get("label_issues"))
+    return rep.render()
+
+
+def label_issues_section(s: Any, found: dict[str, Any] | None, png: bytes | None) -> None:
+    """The suspicious-labels part of a report (:class:`digitlab.report.html.Section` ``s``): what was
+    done, the grid, the table and the command that repeats it."""
+    if not found:
+        s.text("Not computed (--no-label-issues).")
+        return
+    if found.get("skipped"):
+        s.text(f"Skipped: {found['skipped']}.")
+        return
+    s.text(f"The test images whose given label is most likely wrong: confident learning (Northcutt et al. 2021; "
+           f"{found['method'].replace('_', ' ')}) on the out-of-sample probabilities of the {found['model']} "
+           f"model (test accuracy {100 * found['accuracy']:.2f}%, temperature {found['temperature']:.3g}) flags "
+           f"{found['n_flagged']} of {found['n']:,} images. Below, most suspicious first (lowest label quality, "
+           f"{found['rank_by'].replace('_', ' ')}): the flagged images, then, up to {len(found['issues'])}, the "
+           "next images whose given label the model rejects. A flag is a candidate for a human to look at, "
+           "not a verdict: some are mislabelled, some are just ambiguous, some are the model's mistakes.")
+    if png is not None:
+        s.figure(png, "most suspicious test labels (given→suggested)", width=720)
+    s.table(["test image", "given label", "suggested", "label quality", "flagged"],
+            [[str(r["index"]), r["name"], r["suggested_name"], r["score"], "yes" if r.get("flagged") else "no"]
+             for r in found["issues"]], digits=3)
+    s.code(found["command"])
 
 
 # --------------------------------------------------------------------------- writing and the command
 
+
 def write_explore(out: str | os.PathLike[str], stats: dict[str, Any], figures: dict[str, bytes]) -> list[str]:
-    """Write ``<name>.png`` for each figure, then ``explore.json``, each atomically; return file names."""
-    from digitlab.utils import write_bytes_atomic, write_json_atomic
+    """Write ``<name>.png`` for each figure and ``explore.html`` (when there are figures), then
+    ``explore.json``, each atomically; return file names."""
+    from digitlab.utils import write_bytes_atomic, write_json_atomic, write_text_atomic
 
     out = Path(out)
     names = []
     for name, png in figures.items():
         write_bytes_atomic(out / f"{name}.png", png)
         names.append(f"{name}.png")
+    if figures:
+        write_text_atomic(out / HTML_NAME, explore_html(stats, figures))
+        names.append(HTML_NAME)
     write_json_atomic(out / JSON_NAME, stats)  # last: its presence means the folder is complete
     names.append(JSON_NAME)
     return names
@@ -520,7 +646,8 @@ def write_explore(out: str | os.PathLike[str], stats: dict[str, Any], figures: d
 
 def run_explore(out: str | os.PathLike[str] = "explore", dataset: str = "mnist",
                 data_dir: str | os.PathLike[str] | None = None, plots: bool = True, progress: bool = False,
-                pixels: int = DEFAULT_PIXELS, seed: int = 0) -> dict[str, Any]:
+                pixels: int = DEFAULT_PIXELS, seed: int = 0,
+                label_model: str | None = LABEL_ISSUES_MODEL) -> dict[str, Any]:
     """Load ``dataset``, explore it and write the results into the new folder ``out``.
 
     Refuses an existing non-empty ``out`` before doing any work. Returns
@@ -535,7 +662,7 @@ def run_explore(out: str | os.PathLike[str] = "explore", dataset: str = "mnist",
     ensure_new_dir(out_path, "explore output directory")
     try:
         ds = load_dataset(dataset, data_dir=data_dir, progress=progress)
-        stats = explore_dataset(ds, pixels=pixels, seed=seed, progress=progress)
+        stats = explore_dataset(ds, pixels=pixels, seed=seed, progress=progress, label_model=label_model)
         t1 = time.perf_counter()
         figures = explore_figures(ds, stats, progress=progress) if plots else {}
         stats["timings"]["figures_s"] = round(time.perf_counter() - t1, 3)

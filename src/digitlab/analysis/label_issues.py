@@ -30,7 +30,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -335,13 +335,56 @@ def rows_as_dicts(rows: Sequence[LabelIssue]) -> list[dict]:
 
 
 def suspects_png(images: torch.Tensor, rows: Sequence[LabelIssue], class_names: Sequence[str],
-                 title: str = "Most likely label errors (given→suggested)") -> bytes:
-    """Grid of the suspects titled ``given→suggested (quality %)`` with the index underneath."""
+                 title: str = "Most likely label errors (given→suggested)",
+                 notes: Sequence[str] | None = None) -> bytes:
+    """Grid of the suspects titled ``given→suggested (quality %)`` with the index (or ``notes``) underneath."""
     from digitlab.analysis.plots import misclassified_grid_png
 
     return misclassified_grid_png(images, [r.label for r in rows], [r.suggested for r in rows],
                                   [r.score for r in rows], class_names=list(class_names), title=title,
-                                  notes=[f"#{r.index}" for r in rows])
+                                  notes=list(notes) if notes is not None else [f"#{r.index}" for r in rows])
+
+
+@dataclass
+class RankedIssues:
+    """Confident learning on one split's out-of-sample probabilities, ranked (see :func:`rank_issues`)."""
+
+    found: LabelIssues
+    rows: list[LabelIssue]
+    """The ``top`` most suspicious, most suspicious first."""
+    temperature: float
+    """The temperature the logits were divided by (fitted or given)."""
+    accuracy: float
+    """Accuracy of the probabilities' top class against the given labels."""
+    runners_up: list[LabelIssue] = field(default_factory=list)
+    """With ``fill``: the next most suspicious images, not flagged by confident learning but whose given
+    label the model rejects (its top class differs), up to ``top`` rows in all."""
+
+
+def rank_issues(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], *,
+                method: str = "prune_by_noise_rate", rank_by: str = "self_confidence",
+                temperature: float | None = None, top: int | None = 25, fill: bool = False) -> RankedIssues:
+    """The label issues of ``labels`` given out-of-sample ``probs`` (what ``digitlab label-issues`` prints).
+
+    ``temperature`` None: fitted to the split by minimum log-loss (:func:`fit_temperature`), else
+    used as given (1 = the probabilities as they are). ``top`` None or 0: every flagged image.
+    ``fill``: when fewer than ``top`` are flagged (an accurate model flags few), also rank the images
+    the model disagrees with that were not flagged, as ``runners_up``.
+    """
+    t = fit_temperature(labels, probs) if temperature is None else float(temperature)
+    if t != 1.0:
+        probs = apply_temperature(probs, t)
+    found = find_label_issues(labels, probs, method=method, rank_by=rank_by)
+    rows = issue_rows(found, labels, class_names, top=top or None)
+    runners: list[LabelIssue] = []
+    if fill and top and len(rows) < top:
+        top_class = probs.argmax(1)
+        quality = label_quality(labels, probs, rank_by)
+        rest = np.flatnonzero((top_class != labels) & ~found.mask)
+        rest = rest[np.lexsort((rest, quality[rest]))][: top - len(rows)]
+        runners = [LabelIssue(int(i), int(labels[i]), int(top_class[i]), float(quality[i]),
+                              str(class_names[int(labels[i])]), str(class_names[int(top_class[i])])) for i in rest]
+    return RankedIssues(found, rows, t, float((probs.argmax(1) == labels).mean()), runners)
 
 
 def stderr_progress(quiet: bool) -> Callable[[str], None] | None:

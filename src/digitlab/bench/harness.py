@@ -13,7 +13,6 @@ that dataset in its ``config.yaml`` like any other run.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -48,7 +47,7 @@ RECIPES: dict[str, Recipe] = {
     "reference": Recipe("reference", REFERENCE.description, plain=REFERENCE),
     "fast": _shipped("fast", "fast-cnn", "digitlab engine, configs/fast-cnn.yaml: BN CNN (8/32 channels), resident "
                      "uint8 tensor, batch 256, Adam (0.8, 0.95) one-cycle to 0.025 over 170 steps (0.73 epoch), "
-                     "label smoothing 0.05, bf16 autocast (first conv float32), MaxPool2x2"),
+                     "label smoothing 0.05, bf16 autocast, channels-last, MaxPool2x2"),
     "best": _shipped("best", "best-cnn", "digitlab engine, configs/best-cnn.yaml: VGG-style BN CNN, 20 epochs, "
                      "AdamW one-cycle 3e-3, label smoothing 0.1, strong augmentation, bf16 autocast; "
                      "final epoch, no selection on test"),
@@ -56,18 +55,12 @@ RECIPES: dict[str, Recipe] = {
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
+    from digitlab.utils import machine_summary
+
+    m = machine_summary()
+    return {"cpu": m["cpu"], "cpu_count": m["cores"], "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": m["python"],
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    return info
 
 
 def get_recipe(name: str) -> Recipe:

@@ -28,10 +28,12 @@ the end of each block, none per step) the median over blocks of the block's mean
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +45,6 @@ from digitlab.data.dataset import Dataset
 from digitlab.errors import ConfigError
 from digitlab.models.registry import TrainSettings
 from digitlab.train.callbacks import Callback
-from digitlab.train.loop import build_optimizer
 
 __all__ = ["PLAIN", "EngineVariant", "ZooResult", "ZooRow", "ZooSettings", "bench_zoo", "check_zoo_models",
            "engine_config", "measure_model", "measure_variants", "zoo_models"]
@@ -160,14 +161,14 @@ class _StepClock(Callback):
 
     name = "zoo-step-clock"
 
-    def __init__(self, steps: int, cuda: bool) -> None:
-        self.steps, self.cuda = steps, cuda
+    def __init__(self, steps: int, cuda: bool, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.steps, self.cuda, self.clock = steps, cuda, clock
         self.times: list[float] = []
 
     def on_step_end(self, trainer: Any, **_: Any) -> None:
         if self.cuda and len(self.times) == self.steps - 1:
             torch.cuda.synchronize()
-        self.times.append(time.perf_counter())
+        self.times.append(self.clock())
 
 
 def _ms_per_step(blocks: list[list[float]], cuda: bool) -> tuple[float, list[float]]:
@@ -190,13 +191,37 @@ def _plain_batches(images_u8: torch.Tensor, labels: torch.Tensor, batch_size: in
         yield from loader
 
 
+def textbook_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """The plain loop's optimiser as a notebook builds it: torch's default implementation (on CPU the
+    per-parameter loop, no ``foreach``/``fused``) with the recipe's hyper-parameters. Kept apart from
+    the engine's ``build_optimizer`` so that an engine choice of implementation is measured, not copied."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=cfg.lr, rho=cfg.rho, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"unknown optimizer {cfg.optimizer!r}")
+
+
 @dataclass(frozen=True)
 class EngineVariant:
-    """One way of running the engine: ``settings`` and whether the model keeps its fast layers."""
+    """One way of running the engine: ``settings``, whether the model keeps its fast layers, and
+    (for ``scripts/measure_speed_options.py``) an edit of the model and of torch's global state."""
 
     settings: TrainSettings
     fast_layers: bool = True
     """False: train the model's :func:`~digitlab.models.ops.plain_copy` (``nn.MaxPool2d``, no in-place ops)."""
+    transform: Callable[[nn.Module], nn.Module] | None = None
+    """Applied to the variant's own copy of the model before training (it must keep the state-dict keys)."""
+    context: Callable[[], AbstractContextManager[Any]] | None = None
+    """Entered around each of the variant's blocks: a change of global state (e.g. a patched
+    ``digitlab.train.loop`` function, ``torch.utils.deterministic.fill_uninitialized_memory``)
+    that trying an engine change without editing the engine needs."""
 
 
 PLAIN = "plain"
@@ -205,9 +230,13 @@ PLAIN = "plain"
 
 def measure_variants(name: str, images_u8: torch.Tensor, labels: torch.Tensor, variants: dict[str, EngineVariant],
                      steps: int = 30, batch_size: int = 128, device: str = "auto", rounds: int = 3,
-                     warmup: int = 3, seed: int = 0) -> tuple[dict[str, tuple[float, list[float]]], ZooSettings]:
+                     warmup: int = 3, seed: int = 0, clock: Callable[[], float] = time.perf_counter,
+                     ) -> tuple[dict[str, tuple[float, list[float]]], ZooSettings]:
     """Time model ``name``'s training step in the engine under each of ``variants`` and in the plain
     loop (key :data:`PLAIN`), alternately block by block, all from the same initial weights.
+
+    ``clock``: wall time by default; ``time.process_time`` (with one thread) measures the CPU time of
+    each step instead, which other processes on a busy machine disturb far less.
 
     Returns ``{key: (ms per step, per-block means)}`` and the settings of the measurement
     (``amp``/``channels_last`` of the first variant).
@@ -232,20 +261,25 @@ def measure_variants(name: str, images_u8: torch.Tensor, labels: torch.Tensor, v
     if hasattr(model, "prepare"):  # data-dependent state (mlp-selected's pixels) for the copies;
         model.prepare(images_u8.cpu(), labels.cpu())  # type: ignore[operator]  # the Trainer refits it, untimed
     splits = DataSplits(train=Split(images_u8, labels).to(dev), val=None, test=Split(images_u8[:1], labels[:1]))
-    engines = {key: (copy.deepcopy(model) if v.fast_layers else plain_copy(model),
-                     dataclasses.replace(base_cfg, amp=v.settings.amp, channels_last=v.settings.channels_last))
-               for key, v in variants.items()}
+    engines = {}
+    for key, v in variants.items():
+        net = copy.deepcopy(model) if v.fast_layers else plain_copy(model)
+        if v.transform is not None:
+            net = v.transform(net)
+        engines[key] = (net, dataclasses.replace(base_cfg, amp=v.settings.amp, channels_last=v.settings.channels_last))
 
     def engine_block(key: str, n: int, block: int) -> list[float]:
         net, cfg = engines[key]
-        clock = _StepClock(n, cuda)
-        Trainer(net, splits, dataclasses.replace(cfg, max_steps=n, seed=seed + block), callbacks=[clock],
-                device=dev).fit()
-        return clock.times
+        step_clock = _StepClock(n, cuda)
+        step_clock.clock = clock
+        context = variants[key].context
+        with context() if context is not None else contextlib.nullcontext():
+            Trainer(net, splits, dataclasses.replace(cfg, max_steps=n, seed=seed + block),
+                    callbacks=[step_clock], device=dev).fit()
+        return step_clock.times
 
     plain = plain_copy(model).to(dev)
-    # the textbook optimiser: build_optimizer constructs torch's default implementation, as a notebook would
-    opt = build_optimizer(plain, base_cfg)
+    opt = textbook_optimizer(plain, base_cfg)
     l2 = getattr(plain, "l2_penalty", None)
     batches = _plain_batches(images_u8, labels, batch_size, seed)
 
@@ -265,7 +299,7 @@ def measure_variants(name: str, images_u8: torch.Tensor, labels: torch.Tensor, v
             opt.step()
             if cuda and i == n - 1:
                 torch.cuda.synchronize()
-            times.append(time.perf_counter())
+            times.append(clock())
         return times
 
     if warmup:

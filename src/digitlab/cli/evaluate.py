@@ -21,7 +21,7 @@ from digitlab.cli import (
 EPILOG = """MODEL is scored on the dataset it was trained on (from its checkpoint) unless --dataset says otherwise.
 
 examples:
-  digitlab evaluate default --json                  # the shipped model
+  digitlab evaluate default --json                  # the shipped model (ece and ece_uncalibrated)
   digitlab evaluate runs/a
   digitlab evaluate --model runs/a --json > eval.json
   digitlab evaluate runs/a/model.safetensors --split train --no-speed
@@ -105,7 +105,9 @@ def format_summary(r: dict[str, Any]) -> str:
         f"  accuracy  {100 * r['accuracy']:.2f}%   ({r['n'] - round(r['accuracy'] * r['n'])} errors)",
         f"  loss      {r['loss']:.4f}   log-loss {r['log_loss']:.4f}",
         f"  top-3     {100 * r['top3']:.2f}%   top-5 {100 * r['top5']:.2f}%",
-        f"  ECE       {100 * r['ece']:.2f}%  (15 bins)",
+        f"  ECE       {100 * r['ece']:.2f}%  (15 bins)" + (
+            f"   {100 * r['ece_uncalibrated']:.2f}% before temperature scaling (T = {r['temperature']:.3f})"
+            if r.get("temperature", 1.0) != 1.0 and r.get("ece_uncalibrated") is not None else ""),
         f"  macro F1  {r['macro_avg']['f1']:.4f}   weighted F1 {r['weighted_avg']['f1']:.4f}",
         f"  params    {r['parameters']:,}" + (f"   checkpoint {r['checkpoint_bytes'] / 1024:.1f} KiB"
                                              if r.get("checkpoint_bytes") is not None else ""),

@@ -15,6 +15,7 @@ DEFAULT_FOLDS = 3
 EPILOG = """examples:
   digitlab label-issues                                   # MNIST test set, shipped model
   digitlab label-issues --top 24 --plots label-issues     # figure of the 24 top suspects
+  digitlab label-issues --top 24 --fill --plots li-grid   # fewer flagged? fill the grid with runners-up
   digitlab label-issues --split train --folds 3 --json    # MNIST training set, 3-fold cross-fitting
   digitlab label-issues --dataset fashion-mnist --split train --limit 10000
   digitlab label-issues --model runs/fashion --split test --json
@@ -54,6 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", default="auto", metavar="T",
                    help="divide the logits by T before confident learning: auto = fitted to the split "
                         "(minimum log-loss; undoes label smoothing's confidence cap), none = 1, or a number")
+    p.add_argument("--fill", action="store_true",
+                   help="when fewer than --top images are flagged (an accurate model flags few), list the next "
+                        "lowest-quality images whose given label the model rejects too, marked \"flagged\": "
+                        "false (the exploration report's list and grid)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the fold trainings")
     p.add_argument("--plots", metavar="DIR", default=None,
                    help="a new folder for label_issues.png (a grid of the top suspects)")
@@ -120,28 +125,30 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"the probabilities have {probs.shape[1]} classes, {dataset} has {ds.num_classes}")
 
     y = labels.cpu().numpy()
-    temperature = li.fit_temperature(y, probs) if temperature_spec is None else temperature_spec
-    if temperature != 1.0:
-        probs = li.apply_temperature(probs, temperature)
-    found = li.find_label_issues(y, probs, method=args.method, rank_by=args.rank_by)
-    rows = li.issue_rows(found, y, ds.spec.class_names, top=args.top or None)
+    ranked = li.rank_issues(y, probs, ds.spec.class_names, method=args.method, rank_by=args.rank_by,
+                            temperature=temperature_spec, top=args.top, fill=args.fill)
+    found, rows = ranked.found, ranked.rows + ranked.runners_up
     result: dict[str, Any] = {
         "dataset": dataset, "split": args.split, "n": n, "probabilities": source, "model": model_name,
-        "temperature": temperature, "method": args.method, "rank_by": args.rank_by,
+        "temperature": ranked.temperature, "method": args.method, "rank_by": args.rank_by,
         "n_flagged": int(len(found.indices)),
-        "accuracy": float((probs.argmax(1) == y).mean()),
+        "accuracy": ranked.accuracy,
         "thresholds": [float(t) for t in found.thresholds],
         "seconds": time.perf_counter() - t0,
-        "issues": li.rows_as_dicts(rows),
+        "issues": [{**r, "flagged": i < len(ranked.rows)} for i, r in enumerate(li.rows_as_dicts(rows))],
     }
     if plots_dir is not None:
         from digitlab.utils import write_bytes_atomic
 
         out = ensure_new_dir(plots_dir, "plots directory")
         shown = rows[:48]
+        notes = [f"#{r.index}" + (" flagged" if args.fill and i < len(ranked.rows) else "")
+                 for i, r in enumerate(shown)]
         png = li.suspects_png(images[[r.index for r in shown]], shown, ds.spec.class_names,
                               title=f"{dataset} {args.split}: most likely label errors (given→suggested, "
-                                    f"{args.rank_by.replace('_', ' ')})")
+                                    f"{args.rank_by.replace('_', ' ')}"
+                                    + ("; flagged = by confident learning" if args.fill else "") + ")",
+                              notes=notes)
         write_bytes_atomic(out / "label_issues.png", png)
         result["plots"] = [str(out / "label_issues.png")]
     if say:
@@ -179,7 +186,8 @@ def format_summary(r: dict[str, Any]) -> str:
              f"ranked by {r['rank_by']} (lower = more suspicious)", ""]
     lines.append(f"  {'index':>6}  {'given':>12}  {'suggested':>12}  {'score':>6}")
     for row in r["issues"]:
-        lines.append(f"  {row['index']:>6}  {row['name']:>12}  {row['suggested_name']:>12}  {row['score']:6.3f}")
+        mark = "" if row.get("flagged", True) else "  (not flagged)"
+        lines.append(f"  {row['index']:>6}  {row['name']:>12}  {row['suggested_name']:>12}  {row['score']:6.3f}{mark}")
     if r.get("plots"):
         lines.append("")
         lines.append("plots: " + ", ".join(r["plots"]))

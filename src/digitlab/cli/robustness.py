@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     say = _progress(args.quiet)
 
     result: dict[str, Any] = {"model": source, "architecture": meta.get("model"), "dataset": dataset,
-                              "split": "test", "n": 0, "corruptions": None, "adversarial": None}
+                              "split": "test", "n": 0, "training": training_description(meta),
+                              "corruptions": None, "adversarial": None}
     corr = adv = None
     if run_corr:
         n = min(len(labels), args.limit or len(labels))
@@ -133,6 +134,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_summary(result))
     return 0
+
+
+def training_description(meta: dict[str, Any]) -> dict[str, Any]:
+    """How the model was trained, as far as robustness goes: standard or adversarial (attack, ε, steps,
+    step size, ramp), from the run's recorded config (``adversarial`` and ``adv_*`` fields)."""
+    raw = meta.get("config")
+    cfg: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    kind = cfg.get("adversarial")
+    if kind not in ("pgd", "fgsm"):
+        return {"adversarial": None, "description": "standard training (clean batches)"}
+    eps = float(cfg.get("adv_eps", 0.3))
+    steps = int(cfg.get("adv_steps", 7)) if kind == "pgd" else 1
+    size = cfg.get("adv_step_size")
+    step_size = (1.25 * eps if kind == "fgsm" else float(size) if size is not None else 2.5 * eps / steps)
+    ramp = float(cfg.get("adv_ramp", 0.0) or 0.0)
+    text = (f"adversarial training: L∞ {kind.upper()}"
+            + (f"-{steps}" if kind == "pgd" else "") + f" at ε={eps:g}, step {step_size:.4g}, random start"
+            + (f", ε ramped over {ramp:g} epoch(s)" if ramp else ""))
+    return {"adversarial": kind, "eps": eps, "steps": steps, "step_size": step_size, "ramp_epochs": ramp,
+            "description": text}
 
 
 def _num_outputs(model: Any, sample: Any) -> int:
@@ -166,6 +187,8 @@ def write_plots(out_dir: Path, corr: Any, adv: Any, example_images: Any, names: 
 def format_summary(r: dict[str, Any]) -> str:
     """Readable summary of a robustness result."""
     lines = [f"{r['model']} ({r.get('architecture')}) on {r['dataset']} {r['split']}"]
+    if r.get("training"):
+        lines.append(f"trained with {r['training']['description']}")
     c = r.get("corruptions")
     if c:
         lines.append(f"corruptions: {c['n']} images, severity {c['severity']:g}, seed {c['seed']} "

@@ -11,7 +11,7 @@ from digitlab.cli import HelpFormatter, add_data_args, add_device_arg, add_json_
 STUDY_EPILOG = """presets (--preset; default quick):
   smoke     seconds: 4 small models x 2 seeds at 2 s each (used by the tests)
   quick     the whole zoo (15 models) at one equal budget of 8 s of training per run, 2 seeds;
-            under 10 minutes on 2 CPU cores
+            4 minutes of training (15 models x 2 seeds x 8 s), plus evaluation
   standard  the whole zoo at 15 s, 60 s and 240 s per run (accuracy-vs-budget curves), 1 seed;
             79 minutes of training alone (15 models × 315 s), plus evaluation
   full      the reference notebooks' own recipes, 3 seeds: hours on a CPU (meant for a GPU)

@@ -10,6 +10,7 @@ reading pipeline (``digitlab.inference``) can be measured and tested on them:
 - ``thin`` / ``thick``: the same digit with thinned or thickened strokes;
 - ``small-corner``: a small digit in a corner of a large page;
 - ``number``: a page holding a 2–4 digit number written left to right;
+- ``number-touching``: the same, written so close that wide neighbours touch;
 - ``blank``: empty paper with noise, texture or a lighting gradient (no digit);
 - ``not-a-digit``: letters, scribbles and textures (no digit).
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-SET_NAMES = ("user", "photo", "thin", "thick", "small-corner", "number", "blank", "not-a-digit")
+SET_NAMES = ("user", "photo", "thin", "thick", "small-corner", "number", "blank", "not-a-digit", "number-touching")
 """Every generated set, in the order :func:`make_picture_sets` builds them."""
 
 
@@ -40,6 +41,9 @@ class PictureSet:
     """Encoded image files (PNG, JPEG, WebP …)."""
     answers: list[int | str | None] = field(default_factory=list)
     """Class index (single digits), the number as a string (``number``), or ``None`` (no digit)."""
+    kinds: list[str] = field(default_factory=list)
+    """What each picture of the ``blank`` and ``not-a-digit`` sets shows (``noise``, ``photo-paper``,
+    ``gradient``; ``letter``, ``scribble``, ``texture``), for per-kind figures; empty for the other sets."""
 
     def __len__(self) -> int:
         return len(self.images)
@@ -89,6 +93,16 @@ def user_picture(digit: np.ndarray, rng: np.random.Generator, kind: int | None =
     if kind == 4:
         return _encode(canvas, "PNG")
     return _encode(canvas.convert("RGB"), "WEBP", quality=80)
+
+
+def typical_picture(digit: np.ndarray, rng: np.random.Generator, side: int = 112) -> bytes:
+    """The typical picture of issue 15's preprocessing budget: a ``side``×``side`` grey PNG, the digit
+    dark on white at three quarters of the side, off-centre."""
+    s = side * 3 // 4
+    page = np.full((side, side), 255.0, np.float32)
+    top, left = (int(v) for v in rng.integers(0, side - s, 2))
+    _paste_ink(page, _ink_image(digit, s), top, left, 0.0)
+    return _encode(Image.fromarray(page.clip(0, 255).astype(np.uint8)), "PNG")
 
 
 def _paper(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -143,10 +157,14 @@ def small_corner_picture(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return _encode(Image.fromarray(page.clip(0, 255).astype(np.uint8)).convert("RGB"), "PNG")
 
 
-def number_picture(digits: list[np.ndarray], rng: np.random.Generator) -> bytes:
-    """Several digits written left to right with gaps, as one page."""
+def number_picture(digits: list[np.ndarray], rng: np.random.Generator, touching: bool = False) -> bytes:
+    """Several digits written left to right with gaps, as one page.
+
+    ``touching``: written close together, so that wide neighbours touch or overlap by a stroke's
+    width (an MNIST digit's ink fills at most 20 of its 28-pixel box: 0.71 of the step ``s``).
+    """
     s = int(rng.integers(60, 120))
-    gap = int(s * rng.uniform(0.1, 0.4))
+    gap = int(s * (rng.uniform(-0.38, -0.30) if touching else rng.uniform(0.1, 0.4)))
     w = len(digits) * s + (len(digits) - 1) * gap + int(rng.integers(40, 160))
     h = s + int(rng.integers(40, 160))
     page = np.full((h, w), 255.0, np.float32)
@@ -159,18 +177,29 @@ def number_picture(digits: list[np.ndarray], rng: np.random.Generator) -> bytes:
     return _encode(Image.fromarray(page.clip(0, 255).astype(np.uint8)).convert("RGB"), "PNG")
 
 
+BLANK_KINDS = ("noise", "photo-paper", "gradient")
+"""What a ``blank`` picture shows (:attr:`PictureSet.kinds`)."""
+NOT_A_DIGIT_KINDS = ("letter", "scribble", "texture")
+"""What a ``not-a-digit`` picture shows (:attr:`PictureSet.kinds`)."""
+
+
 def blank_picture(rng: np.random.Generator) -> bytes:
     """Paper with no digit: plain with sensor noise, textured photo paper, or a lighting gradient."""
+    return _blank(rng)[0]
+
+
+def _blank(rng: np.random.Generator) -> tuple[bytes, str]:
     h, w = int(rng.integers(100, 400)), int(rng.integers(100, 400))
     kind = int(rng.integers(0, 3))
     if kind == 0:
         page = 230 + rng.normal(0, 6, (h, w))
-        return _encode(Image.fromarray(page.clip(0, 255).astype(np.uint8)), "PNG")
+        return _encode(Image.fromarray(page.clip(0, 255).astype(np.uint8)), "PNG"), BLANK_KINDS[kind]
     if kind == 1:
-        return _encode(Image.fromarray(_paper(h, w, rng).clip(0, 255).astype(np.uint8), "RGB"), "JPEG", quality=85)
+        return (_encode(Image.fromarray(_paper(h, w, rng).clip(0, 255).astype(np.uint8), "RGB"), "JPEG",
+                        quality=85), BLANK_KINDS[kind])
     yy = np.linspace(rng.uniform(150, 200), rng.uniform(220, 255), h)[:, None]
     page = np.broadcast_to(yy, (h, w)) + rng.normal(0, 3, (h, w))
-    return _encode(Image.fromarray(page.clip(0, 255).astype(np.uint8)), "PNG")
+    return _encode(Image.fromarray(page.clip(0, 255).astype(np.uint8)), "PNG"), BLANK_KINDS[kind]
 
 
 LETTERS = "ABCDEFHKMNPRTUVWXYZ"
@@ -186,6 +215,10 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def not_a_digit_picture(rng: np.random.Generator) -> bytes:
     """A letter, a scribble or a texture, dark on white."""
+    return _not_a_digit(rng)[0]
+
+
+def _not_a_digit(rng: np.random.Generator) -> tuple[bytes, str]:
     s = int(rng.integers(120, 260))
     img = Image.new("L", (s, s), 255)
     draw = ImageDraw.Draw(img)
@@ -207,7 +240,7 @@ def not_a_digit_picture(rng: np.random.Generator) -> bytes:
                 for x in range(step // 2, s, step):
                     r = step // 4
                     draw.ellipse([x - r, y - r, x + r, y + r], fill=0)
-    return _encode(img, "PNG")
+    return _encode(img, "PNG"), NOT_A_DIGIT_KINDS[kind]
 
 
 def make_picture_sets(images: np.ndarray, labels: np.ndarray, n: int = 200, seed: int = 0,
@@ -215,7 +248,8 @@ def make_picture_sets(images: np.ndarray, labels: np.ndarray, n: int = 200, seed
     """Build the named sets from test digits ``images`` (uint8 N×28×28) and their ``labels``.
 
     Each set has ``n`` pictures; digits are drawn without replacement per set, the same
-    ``seed`` gives the same bytes.
+    ``seed`` gives the same bytes. The measured sets (``scripts/measure_pictures.py``) use seed 0;
+    thresholds (the not-a-digit test) are chosen on other seeds.
     """
     unknown = sorted(set(names) - set(SET_NAMES))
     if unknown:
@@ -237,18 +271,22 @@ def make_picture_sets(images: np.ndarray, labels: np.ndarray, n: int = 200, seed
             for i in idx:
                 ps.images.append(singles[name](images[i], rng))
                 ps.answers.append(int(labels[i]))
-        elif name == "number":
+        elif name in ("number", "number-touching"):
             for _ in range(n):
                 idx = rng.choice(images.shape[0], int(rng.integers(2, 5)), replace=False)
-                ps.images.append(number_picture([images[i] for i in idx], rng))
+                ps.images.append(number_picture([images[i] for i in idx], rng, touching=name != "number"))
                 ps.answers.append("".join(str(int(labels[i])) for i in idx))
         elif name == "blank":
             for _ in range(n):
-                ps.images.append(blank_picture(rng))
+                image, kind = _blank(rng)
+                ps.images.append(image)
                 ps.answers.append(None)
+                ps.kinds.append(kind)
         else:
             for _ in range(n):
-                ps.images.append(not_a_digit_picture(rng))
+                image, kind = _not_a_digit(rng)
+                ps.images.append(image)
                 ps.answers.append(None)
+                ps.kinds.append(kind)
         out[name] = ps
     return out

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from digitlab.evaluate import metrics as M
-from digitlab.evaluate.calibration import DEFAULT_BINS, reliability_diagram
+from digitlab.evaluate.calibration import DEFAULT_BINS, expected_calibration_error, reliability_diagram
 from digitlab.evaluate.speed import SpeedProfile, checkpoint_bytes, parameter_count, speed_profile
 from digitlab.models.forward import predict_logits
 
@@ -85,14 +85,21 @@ class Evaluation:
     split: str | None = None
     meta: dict[str, Any] | None = field(default=None, repr=False)
     """The checkpoint's metadata when evaluated from a saved run; not part of :meth:`to_dict`."""
+    temperature: float = 1.0
+    """Calibration temperature the probability metrics (loss, log-loss, ECE, reliability) use:
+    they score ``softmax(logits / temperature)``; 1.0 for an uncalibrated model."""
+    ece_uncalibrated: float | None = None
+    """ECE of ``softmax(logits)`` (without the temperature)."""
+    loss_uncalibrated: float | None = None
+    """Cross-entropy of the raw logits (without the temperature)."""
 
     @property
     def accuracy(self) -> float:
         return self.quality.accuracy
 
     def probabilities(self) -> np.ndarray:
-        """Softmax of the logits (float64, N×K)."""
-        return M.softmax(self.logits.double().numpy())
+        """Calibrated softmax of the logits, ``softmax(logits / temperature)`` (float64, N×K)."""
+        return M.softmax(self.logits.double().numpy() / self.temperature)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON view (the keys ``digitlab evaluate --json`` prints)."""
@@ -101,7 +108,9 @@ class Evaluation:
             head = {"model": self.model, "model_kwargs": self.model_kwargs or {}, "checkpoint": self.checkpoint,
                     "dataset": self.dataset, "split": self.split}
         sp = self.speed
-        return {**head, **self.quality.to_dict(), "parameters": self.parameters,
+        return {**head, **self.quality.to_dict(), "temperature": self.temperature,
+                "ece_uncalibrated": self.ece_uncalibrated, "loss_uncalibrated": self.loss_uncalibrated,
+                "parameters": self.parameters,
                 "checkpoint_bytes": self.checkpoint_bytes, "predict_seconds": self.predict_seconds,
                 "latency_ms_p50": sp.latency_ms_p50 if sp else None,
                 "latency_ms_p95": sp.latency_ms_p95 if sp else None,
@@ -158,8 +167,12 @@ def evaluate_model(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tens
                    device: str | torch.device | None = None, speed: bool = True,
                    speed_repeats: int = 50, throughput_repeats: int = 3,
                    checkpoint_path: str | os.PathLike[str] | None = None,
-                   n_bins: int = DEFAULT_BINS, progress: bool = False) -> Evaluation:
+                   n_bins: int = DEFAULT_BINS, progress: bool = False, temperature: float = 1.0) -> Evaluation:
     """Predict ``images_u8`` once and score it: :class:`Evaluation` (quality, size, time, speed).
+
+    ``temperature`` (the model's calibration, :func:`digitlab.inference.predictor.temperature_of`)
+    divides the logits before the probability metrics; accuracy does not depend on it, and
+    ``ece_uncalibrated`` / ``loss_uncalibrated`` keep the raw logits' figures.
 
     ``predict_seconds`` is the wall time of the batched prediction of the whole set at
     ``batch_size``, after a one-image warm-up call. ``speed`` (None when ``speed=False``) is
@@ -172,14 +185,17 @@ def evaluate_model(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tens
     t0 = time.perf_counter()
     logits = predict_logits(model, images_u8, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - t0
-    quality = score_logits(logits, labels, class_names=class_names, n_bins=n_bins)
+    quality = score_logits(logits.double() / temperature, labels, class_names=class_names, n_bins=n_bins)
+    raw_probs = M.softmax(logits.double().numpy())
     prof = None
     if speed and images_u8.shape[0] > 0:
         prof = speed_profile(model, images_u8, repeats=speed_repeats, warmup=min(10, speed_repeats),
                              batch_size=batch_size, throughput_repeats=throughput_repeats)
     return Evaluation(quality=quality, parameters=parameter_count(model),
                       checkpoint_bytes=checkpoint_bytes(checkpoint_path) if checkpoint_path is not None else None,
-                      predict_seconds=seconds, speed=prof, logits=logits)
+                      predict_seconds=seconds, speed=prof, logits=logits, temperature=float(temperature),
+                      ece_uncalibrated=expected_calibration_error(raw_probs, labels, n_bins),
+                      loss_uncalibrated=M.cross_entropy(logits.double().numpy(), labels))
 
 
 @dataclass
@@ -229,13 +245,17 @@ def evaluate_run(source: str | os.PathLike[str], dataset: str | None = None, spl
                  throughput_repeats: int = 3, limit: int | None = None, n_bins: int = DEFAULT_BINS,
                  progress: bool = False) -> Evaluation:
     """:func:`evaluate_model` on a saved run (or ``"default"``); fills ``model, model_kwargs,
-    checkpoint, dataset, split, meta``. ``dataset`` None: the run's own."""
+    checkpoint, dataset, split, meta``. ``dataset`` None: the run's own. The probability
+    metrics use the run's calibration temperature (``meta["calibration"]``) when it has one."""
+    from digitlab.inference.predictor import temperature_of
+
     inp = load_for_evaluation(source, dataset, split, data_dir, device=device, limit=limit,
                               progress=progress)
+    temperature = temperature_of(inp.meta, str(inp.checkpoint))
     result = evaluate_model(inp.model, inp.images, inp.labels, class_names=inp.class_names,
                             batch_size=batch_size, speed=speed, speed_repeats=speed_repeats,
                             throughput_repeats=throughput_repeats, checkpoint_path=inp.checkpoint,
-                            n_bins=n_bins, progress=progress)
+                            n_bins=n_bins, progress=progress, temperature=temperature)
     result.model, result.model_kwargs = inp.meta.get("model"), inp.meta.get("model_kwargs", {})
     result.checkpoint, result.dataset, result.split, result.meta = str(inp.checkpoint), inp.dataset, split, inp.meta
     return result

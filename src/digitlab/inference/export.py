@@ -40,11 +40,12 @@ from digitlab.checkpoint import (
     is_default,
     load_checkpoint,
     resolve_dataset,
+    weights_sha256,
 )
 from digitlab.errors import CheckpointError, ConfigError
 from digitlab.inference.predictor import ONNX_CLASSES_KEY, ONNX_META_KEY
 from digitlab.numerics import softmax
-from digitlab.utils import refuse_existing, write_new_bytes_atomic
+from digitlab.utils import refuse_existing, write_bytes_atomic, write_new_bytes_atomic
 
 __all__ = ["benchmark_inference", "default_onnx_path", "export_onnx", "int8_path"]
 
@@ -139,6 +140,27 @@ def _set_metadata(proto, meta: dict[str, Any]) -> None:
     entry.key = ONNX_META_KEY
     entry.value = json.dumps(meta)
     proto.doc_string = f"digitlab {meta.get('model')}: N×1×28×28 float pixels in [0,1] -> N×10 logits"
+
+
+def _interrupted_int8(out: Path, int8: Path, source_hash: str) -> bool:
+    """Is ``int8`` the leftover of an interrupted export of these same weights?
+
+    The int8 file is written first and the fp32 file last, so an int8 file without its fp32
+    partner whose metadata names the same source weights is half of an export that was killed
+    in between; the rerun replaces it (it would write the same model), anything else is refused.
+    """
+    if out.exists() or not int8.is_file():
+        return False
+    try:
+        import onnx
+
+        proto = onnx.load(str(int8), load_external_data=False)
+        props = {p.key: p.value for p in proto.metadata_props}
+        meta = json.loads(props.get(ONNX_META_KEY, "{}"))
+    except Exception:  # noqa: BLE001 - not a readable digitlab ONNX file: not ours to replace
+        return False
+    export = meta.get("export") if isinstance(meta, dict) else None
+    return isinstance(export, dict) and export.get("weights_sha256") == source_hash
 
 
 def _session(path_or_bytes: Path | bytes, threads: int | None = None):
@@ -251,10 +273,13 @@ def export_onnx(
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"--out {out}: the file name must end in .onnx")
     targets = [out] + ([int8_path(out)] if quantize else [])
-    for t in targets:  # fail before doing any work
-        refuse_existing(t)
+    refuse_existing(out)  # fail before doing any work
 
     model, meta = load_checkpoint(ckpt, device="cpu")
+    source_hash = weights_sha256(model.state_dict())
+    replace_int8 = bool(quantize) and _interrupted_int8(out, targets[-1], source_hash)
+    if quantize and not replace_int8:
+        refuse_existing(targets[1])
     proto, used, fallback = _export_proto(model, opset, exporter)
     import onnx
 
@@ -262,7 +287,8 @@ def export_onnx(
 
     data_name = resolve_dataset(meta, dataset)
     own = DATASETS.get(dataset_of(meta))
-    meta = {**meta, "export": {"exporter": used, "opset": opset, "source": str(source)}}
+    meta = {**meta, "export": {"exporter": used, "opset": opset, "source": str(source),
+                               "weights_sha256": source_hash}}
     if own is not None:  # lets the ONNX model name its classes without torch or the registry
         meta[ONNX_CLASSES_KEY] = {"class_names": list(own.class_names), "digits": own.digits}
     _set_metadata(proto, meta)
@@ -326,14 +352,21 @@ def export_onnx(
             "max_abs_prob_diff": q_cmp["max_abs_prob_diff"],
         }
 
-    write_new_bytes_atomic(out, fp32_bytes)
-    report["onnx"] = {"path": str(out), "bytes": len(fp32_bytes)}
+    # int8 first, fp32 last: a kill in between leaves an int8 file that the rerun recognises
+    # (_interrupted_int8) and replaces, never an fp32 file that would block it
     if int8_bytes is not None:
-        try:
+        if replace_int8:
+            report["int8"]["replaced_interrupted_export"] = True
+            write_bytes_atomic(targets[1], int8_bytes)
+        else:
             write_new_bytes_atomic(targets[1], int8_bytes)
-        except BaseException:
-            out.unlink()  # all or nothing
-            raise
+    try:
+        write_new_bytes_atomic(out, fp32_bytes)
+    except BaseException:
+        if int8_bytes is not None:
+            targets[1].unlink(missing_ok=True)  # all or nothing
+        raise
+    report["onnx"] = {"path": str(out), "bytes": len(fp32_bytes)}
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
 

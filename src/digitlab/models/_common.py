@@ -107,7 +107,9 @@ class KerasFeaturesHead(KerasL2, nn.Module):
 
 def gap_head(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
     """Keras ``GlobalAveragePooling2D → Dropout → Dense(num_classes)``, returning logits."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+    from digitlab.models.ops import Dropout, GlobalAvgPool2d  # local: keeps this module free of ops' imports
+
+    return nn.Sequential(GlobalAvgPool2d(), nn.Flatten(), Dropout(dropout), nn.Linear(channels, num_classes))
 
 
 def count_parameters_keras(model: nn.Module) -> int:

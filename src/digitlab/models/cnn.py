@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from digitlab.models._common import KerasFeaturesHead, keras_bn1d, keras_bn2d, keras_init_, l2
-from digitlab.models.ops import MaxPool2x2
+from digitlab.models.ops import Dropout, GlobalAvgPool2d, MaxPool2x2
 from digitlab.models.registry import AMP_CL, register_model
 
 
@@ -33,7 +33,7 @@ def cnn_simple(num_classes: int = 10, dropout: float = 0.5, width: int = 32) -> 
         nn.Conv2d(1, w1, 3), nn.ReLU(inplace=True), MaxPool2x2(),
         nn.Conv2d(w1, w2, 3), nn.ReLU(inplace=True), MaxPool2x2(),
         nn.Conv2d(w2, w2, 3), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.Linear(w2 * 3 * 3, w2), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Flatten(), nn.Linear(w2 * 3 * 3, w2), nn.ReLU(inplace=True), Dropout(dropout),
         nn.Linear(w2, num_classes),
     ))
 
@@ -54,14 +54,14 @@ def cnn_deep(num_classes: int = 10, conv_dropout: float = 0.25, dense_dropout: f
     cin = 1
     for width in (32, 64, 128):
         layers += _conv_bn_relu(cin, width) + _conv_bn_relu(width, width)
-        layers += [MaxPool2x2(), nn.Dropout(conv_dropout)]
+        layers += [MaxPool2x2(), Dropout(conv_dropout)]
         cin = width
     # 28 → 14 → 7 → 3 (Keras' MaxPooling2D floors odd sizes, as MaxPool2d does)
     # notebook 000's dense head: Dense(relu) → BatchNormalization → Dropout
     layers += [
         nn.Flatten(),
-        nn.Linear(128 * 3 * 3, 512), nn.ReLU(inplace=True), keras_bn1d(512), nn.Dropout(dense_dropout),
-        nn.Linear(512, 256), nn.ReLU(inplace=True), keras_bn1d(256), nn.Dropout(dense_dropout),
+        nn.Linear(128 * 3 * 3, 512), nn.ReLU(inplace=True), keras_bn1d(512), Dropout(dense_dropout),
+        nn.Linear(512, 256), nn.ReLU(inplace=True), keras_bn1d(256), Dropout(dense_dropout),
         nn.Linear(256, num_classes),
     ]
     return keras_init_(nn.Sequential(*layers))
@@ -81,15 +81,15 @@ class EnhancedCNN(KerasFeaturesHead):
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(inplace=True), keras_bn2d(32),
             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(inplace=True),
-            MaxPool2x2(), nn.Dropout(0.25),
+            MaxPool2x2(), Dropout(0.25),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), keras_bn2d(64),
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
-            MaxPool2x2(), nn.Dropout(0.25),
+            MaxPool2x2(), Dropout(0.25),
             nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True), keras_bn2d(128),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5),
+            GlobalAvgPool2d(), nn.Flatten(), Dropout(0.5),
         )
         self.head = nn.Sequential(
-            l2(nn.Linear(128, 128)), nn.ReLU(inplace=True), keras_bn1d(128), nn.Dropout(0.5),
+            l2(nn.Linear(128, 128)), nn.ReLU(inplace=True), keras_bn1d(128), Dropout(0.5),
             nn.Linear(128, num_classes),
         )
         keras_init_(self)

@@ -1,5 +1,10 @@
 """Layers with a faster CPU implementation than PyTorch's generic kernel, and identical results.
 
+:class:`MaxPool2x2` (below), :class:`Dropout` (a cheaper mask draw: same distribution, scaling and
+gradient as ``nn.Dropout``), :class:`GlobalAvgPool2d` (``nn.AdaptiveAvgPool2d(1)`` whose gradient keeps
+the input's memory format) and :class:`Float32Conv2d`. :func:`plain_copy` turns a model back into
+textbook layers (the plain loop of ``digitlab bench zoo``); ``scripts/measure_speed_options.py`` times each.
+
 ``MaxPool2x2`` is ``nn.MaxPool2d(2)`` (kernel 2, stride 2, odd sizes floored).
 PyTorch's CPU kernel for contiguous NCHW tensors spends much of its time on
 index bookkeeping. Here the forward is four strided views and three ``torch.maximum``
@@ -16,6 +21,8 @@ standard operator is used, so exported graphs keep a plain MaxPool.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -92,9 +99,12 @@ class MaxPool2x2(nn.Module):
 class Float32Conv2d(nn.Conv2d):
     """A ``Conv2d`` that stays in float32 under autocast.
 
-    For a one-channel input layer, oneDNN's bfloat16 weight gradient was slower
-    than float32 on our CPU, so the first layer opts out: the `fast` recipe trains
-    faster this way (variant ``bf16-first-conv`` of ``scripts/measure_fast_variants.py``).
+    For a one-channel input layer in NCHW, oneDNN's bfloat16 weight gradient was
+    slower than float32 on our CPU. In channels-last (fast-cnn's registered layout)
+    it is the other way round (issue 16: fast-cnn's step ~10% faster with a bf16 first
+    conv), so no shipped model uses this layer now; variant ``fp32-first-conv`` of
+    ``scripts/measure_fast_variants.py`` and option ``fp32-first-conv`` of
+    ``scripts/measure_speed_options.py`` measure it.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,10 +114,138 @@ class Float32Conv2d(nn.Conv2d):
             return super().forward(x.to(self.weight.dtype))
 
 
+_BYTE_LEVELS = 256
+_reference_draws = False
+
+
+@contextlib.contextmanager
+def reference_dropout() -> Iterator[None]:
+    """Within this block :class:`Dropout` draws its mask as ``F.dropout`` does (``bernoulli_``), so a model
+    with fast layers and its textbook form see the same dropout masks from the same seed (tests)."""
+    global _reference_draws
+    previous, _reference_draws = _reference_draws, True
+    try:
+        yield
+    finally:
+        _reference_draws = previous
+
+
+def _fast_drop_threshold(p: float) -> int | None:
+    """``p·256`` when it is a whole number in 1..255 (then a random byte below it is an exact Bernoulli(p))."""
+    t = p * _BYTE_LEVELS
+    return int(t) if 0 < t < _BYTE_LEVELS and t == int(t) else None
+
+
+class _DropoutFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(noise)
+        return x * noise
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (noise,) = ctx.saved_tensors
+        return grad * noise, None
+
+
+def dropout_noise(x: torch.Tensor, p: float) -> torch.Tensor | None:
+    """The multiplier ``F.dropout(x, p)`` applies — 0 with probability ``p``, else ``1/(1-p)`` rounded to
+    ``x``'s dtype — drawn from random bytes (four per 32-bit draw of the global generator) instead of one
+    ``bernoulli_`` draw per element; in ``x``'s memory layout. None where that is not exact (``p`` not a
+    multiple of 1/256) or ``x`` is not dense: use ``F.dropout`` then."""
+    threshold = _fast_drop_threshold(p)
+    dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+    if threshold is None or not dense or x.numel() == 0:
+        return None
+    n = x.numel()
+    words = torch.randint(-(2 ** 31), 2 ** 31, (-(-n // 4),), dtype=torch.int32, device=x.device)
+    keep = words.view(torch.uint8)[:n] >= threshold  # P(byte < p·256) = p, exactly
+    noise = torch.empty_like(x)  # same strides as x (channels-last stays channels-last)
+    flat = noise.as_strided((n,), (1,), noise.storage_offset())
+    flat.copy_(keep)
+    return noise.div_(1 - p)  # F.dropout's scale, rounded to x's dtype as F.dropout rounds it
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout(x, p, training)`` with a cheaper mask draw on CPU (same distribution, values and
+    gradient routing; a different random stream). See :class:`Dropout`."""
+    if (not training or p == 0.0 or _reference_draws or x.device.type != "cpu"
+            or torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()):
+        return F.dropout(x, p, training)
+    noise = dropout_noise(x, p)
+    if noise is None:
+        return F.dropout(x, p, training)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _DropoutFunction.apply(x, noise)
+    return x * noise
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU mask costs ~20× less to draw.
+
+    PyTorch draws a dropout mask with one ``bernoulli_`` call per element from the
+    Mersenne-Twister generator (its vectorised MKL path runs on Intel CPUs only):
+    at batch 128 it was 10–15% of cnn-deep's training step on our AMD CPU. Here one
+    32-bit draw gives four random bytes, and an element is dropped when its byte is
+    below ``p·256`` — an exact Bernoulli(p) for every ``p`` that is a multiple of
+    1/256 (0.25, 0.5, 0.2 is not: other rates, CUDA and export use ``F.dropout``).
+    The kept values are scaled by ``1/(1-p)`` in the input's dtype, as ``F.dropout``
+    does, and the gradient is routed through the same mask: the layer computes what
+    ``nn.Dropout`` computes, with different (equally distributed) random draws.
+    No state: state dicts are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace:
+            return F.dropout(x, self.p, self.training, inplace=True)
+        return dropout(x, self.p, self.training)
+
+
+class _GlobalAvgPoolFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        ctx.channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        return F.adaptive_avg_pool2d(x, 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = ctx.shape
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        out = torch.empty((n, c, h, w), dtype=grad.dtype, device=grad.device, memory_format=fmt)
+        return out.copy_((grad / (h * w)).expand(n, c, h, w))
+
+
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, 1)`` whose gradient keeps ``x``'s memory format (see :class:`GlobalAvgPool2d`)."""
+    if (x.dim() != 4 or not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling()
+            or torch.jit.is_tracing() or torch.jit.is_scripting()):
+        return F.adaptive_avg_pool2d(x, 1)
+    return _GlobalAvgPoolFunction.apply(x)
+
+
+class GlobalAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d(1)`` whose backward hands back a gradient in the input's memory format.
+
+    PyTorch's backward writes an NCHW gradient even for a channels-last input, so every
+    layer before the global pooling (BatchNorm, the SE scaling) then ran its backward on
+    mixed layouts, the slow path: in se-cnn's last stage BatchNorm's backward took ~8 ms
+    instead of ~1 ms at batch 128. Same forward (``F.adaptive_avg_pool2d``), and the
+    gradient is PyTorch's ``grad / (H·W)`` broadcast, only laid out like the input.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return global_avg_pool(x)
+
+
 def plain_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in textbook PyTorch form: same architecture, weights and state-dict keys.
 
-    ``MaxPool2x2`` becomes ``nn.MaxPool2d(2)``, ``Float32Conv2d`` a plain ``nn.Conv2d``
+    ``MaxPool2x2`` becomes ``nn.MaxPool2d(2)``, :class:`Dropout` ``nn.Dropout``,
+    :class:`GlobalAvgPool2d` ``nn.AdaptiveAvgPool2d(1)``, ``Float32Conv2d`` a plain ``nn.Conv2d``
     (so it follows autocast like any conv) and every module with an ``inplace`` flag
     (``nn.ReLU``, the residual blocks' in-place add) computes out of place. In float32
     the copy computes what ``model`` computes; ``digitlab bench zoo`` trains it as the
@@ -120,6 +258,10 @@ def plain_copy(model: nn.Module) -> nn.Module:
         for child_name, child in list(parent.named_children()):
             if isinstance(child, MaxPool2x2):
                 setattr(parent, child_name, nn.MaxPool2d(2))
+            elif isinstance(child, GlobalAvgPool2d):
+                setattr(parent, child_name, nn.AdaptiveAvgPool2d(1))
+            elif isinstance(child, Dropout):
+                setattr(parent, child_name, nn.Dropout(child.p, inplace=child.inplace))
             elif isinstance(child, Float32Conv2d):
                 conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size,  # type: ignore[arg-type]
                                  stride=child.stride, padding=child.padding,  # type: ignore[arg-type]

@@ -12,8 +12,9 @@ Optional hooks, used by the training engine:
   * ``model.fit_estimator(images_u8, labels)`` and ``uses_gradient = False``:
     models fitted in closed form / by scikit-learn instead of by SGD.
 Each model also records the training settings that measured fastest for it
-(:class:`TrainSettings`, :func:`train_settings`); ``digitlab bench zoo`` times them
-and ``scripts/measure_zoo_speed.py`` tabulates each setting on and off.
+(:class:`TrainSettings`, :func:`train_settings`); ``digitlab bench zoo`` times them,
+``scripts/measure_zoo_speed.py`` tabulates each setting on and off and
+``scripts/measure_speed_options.py`` every option tried (settings, fast layers, engine changes).
 """
 
 from __future__ import annotations

@@ -108,6 +108,9 @@ class StudyPreset:
     """Use only the first N training images (smoke tests)."""
     analysis_images: int = 2000
     """Test images used for the robustness sweeps."""
+    corruption_images: int = 1000
+    """Test images (the first N) corrupted by the 15 MNIST-C corruptions for the robustness section:
+    corrupted once, seeded with the study's first seed, and scored for every model."""
     detail_models: int = 3
     """How many of the most accurate models get error and sensitivity analysis."""
     speed_repeats: int = 30
@@ -120,13 +123,13 @@ PRESETS: dict[str, StudyPreset] = {
         "smoke", "seconds: 4 small models × 2 seeds at 2 s each on 4,000 training images (used by the tests)",
         models=("mlp-basic-128", "mlp-128-64", "cnn-simple", "logreg"), seeds=2, budgets=("2s",),
         overrides={"*": {**BUDGET_OVERRIDES, "val_max_images": 300}}, train_limit=4000, analysis_images=300,
-        detail_models=2, speed_repeats=5, n_boot=200,
+        corruption_images=300, detail_models=2, speed_repeats=5, n_boot=200,
     ),
     "quick": StudyPreset(
         "quick", "the whole zoo (15 models) at one equal budget of 8 s of training per run, 2 seeds: "
-                 "under 10 minutes on 2 CPU cores",
+                 "4 minutes of training (15 models × 2 seeds × 8 s), plus evaluation",
         models=ZOO, seeds=2, budgets=("8s",), overrides={"*": dict(BUDGET_OVERRIDES)},
-        analysis_images=300, detail_models=3, speed_repeats=20, n_boot=1000,
+        analysis_images=300, corruption_images=300, detail_models=3, speed_repeats=20, n_boot=1000,
     ),
     "standard": StudyPreset(
         "standard", "the whole zoo at three budgets (15 s, 60 s, 240 s per run), 1 seed: accuracy-vs-budget "
@@ -374,12 +377,22 @@ class Study:
 
     def analyse(self, ds: Any, evals: list[RunEvaluation], models: dict[str, torch.nn.Module],
                 comparison: Comparison) -> dict[str, Any]:
-        from digitlab.analysis import mistakes, robustness, sensitivity
+        from digitlab.analysis import corruptions, mistakes, robustness, sensitivity
 
         n = min(self.preset.analysis_images, ds.test_images.shape[0])
         images, labels = ds.test_images[:n], ds.test_labels[:n]
         first = _first_runs(evals)
         out: dict[str, Any] = {"robustness": {}, "detail": {}, "analysis_images": n}
+        nc = min(self.preset.corruption_images, ds.test_images.shape[0])
+        seed = self.settings.seeds[0]
+        log(f"corruptions: 15 MNIST-C corruptions of {nc:,} test images (seed {seed})", self.quiet)
+        corrupted = corruptions.corrupt_set(ds.test_images[:nc], ds.test_labels[:nc], seed=seed)
+        out["corruptions"] = {
+            "n": nc, "seed": seed, "severity": corrupted.severity, "corrupt_seconds": corrupted.seconds,
+            "parameters": {k: corruptions.CORRUPTIONS[k].parameter for k in corrupted.corrupted},
+            "models": {key: corruptions.score_corrupted(models[ev.name], corrupted).to_dict()
+                       for key, ev in first.items()},
+        }
         for key, ev in first.items():
             log(f"robustness: {key}", self.quiet)
             model = models[ev.name]
@@ -650,7 +663,11 @@ def build_report(study: Study, ds: Any, explore: dict[str, Any], evals: list[Run
         s.figure(plots.pareto_png(points, title="Accuracy vs size and latency (Pareto front dashed)"),
                  "accuracy vs latency (pareto)", width=720)
 
-    # --- 5. per-model detail ------------------------------------------------------------------------------
+    # --- 5. robustness to corruptions (MNIST-C) ------------------------------------------------------------
+    s = rep.section("corruptions", "Robustness: corruptions (MNIST-C)")
+    _corruptions(s, ds, analysis, [m.model for m in comparison.models])
+
+    # --- 6. per-model detail ------------------------------------------------------------------------------
     s = rep.section("models", "Per-model detail")
     first = _first_runs(at_main)
     for m in comparison.models:
@@ -679,13 +696,13 @@ def build_report(study: Study, ds: Any, explore: dict[str, Any], evals: list[Run
         if detail:
             _error_detail(d.details(f"mistakes and sensitivity maps of {m.model}"), ds, m.model, detail, names)
 
-    # --- 6. robustness and statistics ------------------------------------------------------------------------
+    # --- 7. robustness and statistics ------------------------------------------------------------------------
     s = rep.section("robustness", "Robustness: noise, rotation, shift")
     _robustness(s, analysis)
     s = rep.section("statistics", "Statistics")
     _statistics(s, comparison, evals)
 
-    # --- 7. data exploration (last) ------------------------------------------------------------------------
+    # --- 8. data exploration (last) ------------------------------------------------------------------------
     s = rep.section("data", "Data exploration")
     _data(s, explore, names)
 
@@ -713,6 +730,7 @@ def build_report(study: Study, ds: Any, explore: dict[str, Any], evals: list[Run
                         for ev in evals},
         "learning_curves": {ev.name: learning_curve(ev.meta) for ev in evals if not ev.reference},
         "robustness": analysis["robustness"],
+        "corruptions": analysis.get("corruptions"),
         "errors": {m: d["errors"] for m, d in analysis["detail"].items()},
         "explore": explore["stats"],
     })
@@ -730,12 +748,17 @@ def caveat_text(budget: Budget | None) -> str:
         agreement = json.loads(path.read_text())
     except (OSError, ValueError):
         return base
+    if not isinstance(agreement, dict):
+        return base
+    # written by the script itself, or wrapped as {command, wall_seconds, result} by readme_figures.py
+    agreement = agreement.get("result", agreement)
     rho = agreement.get("spearman_rho")
     if rho is None or agreement.get("preset") != "quick":
         return base
     words = "closely" if rho >= 0.9 else "largely" if rho >= 0.7 else "only loosely"
     top1 = "the same" if agreement.get("top1_agree") else "a different"
-    return (f"{base} Measured: the quick ranking agreed {words} with the same study at 4× the budget "
+    return (f"{base} Measured: the quick ranking agreed {words} with the same study at "
+            f"{agreement.get('factor', 4):g}× the budget "
             f"(Spearman ρ = {rho:.2f}; {top1} most accurate model; top-3 "
             f"{'the same' if agreement.get('top3_agree') else 'different'}).")
 
@@ -808,6 +831,34 @@ def _robustness(s: Section, analysis: dict[str, Any]) -> None:
            "vs σ divided by clean accuracy × σ range (1 = unaffected by noise).", note=True)
 
 
+def _corruptions(s: Section, ds: Any, analysis: dict[str, Any], order: list[str]) -> None:
+    """Accuracy of every model under each of the 15 MNIST-C corruptions and their mean, on one corrupted
+    subset of the test set (the same corrupted images for every model)."""
+    from digitlab.analysis import corruptions
+
+    c = analysis.get("corruptions")
+    if not c or not c["models"]:
+        s.text("Not measured.")
+        return
+    results = c["models"]
+    rows_order = [m for m in order if m in results] + [m for m in results if m not in order]
+    names = list(next(iter(results.values()))["per_corruption"])
+    s.text(f"Accuracy (%) on the first {c['n']:,} test images under each of the 15 corruptions of MNIST-C (Mu & "
+           f"Gilmer 2019) at severity {c['severity']:g}, seed {c['seed']}: the same corrupted images for every "
+           "model. Mean: the MNIST-C summary (mean over the 15). Sorted as the comparison table; click a header "
+           "to sort.")
+    s.table(["model", "clean", "mean", *[n.replace("_", " ") for n in names]],
+            [[m, 100 * results[m]["clean_accuracy"], 100 * results[m]["mean"],
+              *[100 * results[m]["per_corruption"][n] for n in names]] for m in rows_order],
+            digits=[0, 2, 2, *[1] * len(names)], sortable=True)
+    s.figure(corruptions.examples_png(ds.test_images[:3], names, c["severity"], c["seed"],
+                                      title="The corruptions on three test images"),
+             "corruption examples", width=720)
+    s.text("Each corruption's parameter at severity 1: " + "; ".join(f"{k.replace('_', ' ')}: {v}"
+                                                                     for k, v in c["parameters"].items()) + ".",
+           note=True)
+
+
 def _statistics(s: Section, comparison: Comparison, evals: list[RunEvaluation]) -> None:
     s.heading("McNemar's test for every pair (first seeds)")
     s.table(["model A", "model B", "acc A", "acc B", "A right, B wrong", "A wrong, B right", "p-value",
@@ -855,7 +906,13 @@ def _data(s: Section, explore: dict[str, Any], names: list[str]) -> None:
         s.text(f"Constant pixels over the training set: {pix.get('constant_pixels')} of 784 "
                f"({pix.get('active_pixels')} active).")
     for name, png in explore["figures"].items():
-        s.figure(png, name.replace("_", " "), width=420)
+        if name != "label_issues":
+            s.figure(png, name.replace("_", " "), width=420)
+    if "label_issues" in st:  # explorations cached by an older digitlab have no such section
+        from digitlab.analysis.explore import label_issues_section
+
+        s.heading("Suspicious test labels")
+        label_issues_section(s, st["label_issues"], explore["figures"].get("label_issues"))
 
 
 def _at(curve: dict[str, Any], key: str, value: float) -> float | None:
@@ -887,6 +944,16 @@ def summary_markdown(data: dict[str, Any]) -> str:
                      f"{m['accuracy_mean']:.4f} | {std} | {m['ci_low']:.4f}–{m['ci_high']:.4f} | "
                      f"{m['parameters']:,} | {fmt(m['train_seconds_mean'], 1)} | {fmt(m['steps'])} | {epochs} | "
                      f"{fmt(m['latency_ms_p50'], 3)} |")
+    corr = data.get("corruptions")
+    if corr and corr.get("models"):
+        lines += ["", "## Robustness: corruptions (MNIST-C)", "",
+                  f"First {corr['n']:,} test images, 15 corruptions at severity {corr['severity']:g}, "
+                  f"seed {corr['seed']}.", "", "| model | clean | corruption mean | worst corruption |",
+                  "|---|---|---|---|"]
+        for name, r in corr["models"].items():
+            worst = min(r["per_corruption"], key=r["per_corruption"].get)
+            lines.append(f"| {name} | {r['clean_accuracy']:.4f} | {r['mean']:.4f} | "
+                         f"{worst} ({r['per_corruption'][worst]:.4f}) |")
     return "\n".join(lines) + "\n"
 
 

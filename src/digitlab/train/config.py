@@ -7,10 +7,11 @@ Load from YAML with :meth:`TrainConfig.from_yaml`, override single fields with
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -20,6 +21,7 @@ from digitlab.errors import ConfigError
 OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")
 SCHEDULES = ("constant", "step", "exponential", "plateau", "cosine", "onecycle")
 MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
+ADVERSARIAL = ("pgd", "fgsm")
 
 
 @dataclass
@@ -142,11 +144,43 @@ class TrainConfig:
     freeze: bool = False
     """With ``init_from``: train only the classifier head and keep the feature layers' weights fixed
     (BatchNorm statistics still adapt to the new data)."""
+    adversarial: Literal["pgd", "fgsm"] | None = None
+    """Adversarial training (Madry et al. 2018): every training batch is replaced by its L∞ attack
+    within ``adv_eps`` before the optimizer step. ``pgd``: ``adv_steps`` signed-gradient steps of
+    ``adv_step_size`` from a random start in the ε-ball; ``fgsm``: one step of 1.25·ε from a random
+    start (Wong et al. 2020, "fast adversarial training"). The attack runs with the model in eval mode
+    (BatchNorm uses and keeps its running statistics, no dropout), then the step trains on the attacked
+    batch in train mode; its noise is a function of (seed, step), so a resumed run is exact.
+    train_loss / train_accuracy are then measured on the attacked batches. None: standard training."""
+    adv_eps: float = 0.3
+    """Adversarial training: L∞ budget ε on [0, 1] pixels (MNIST's usual 0.3)."""
+    adv_steps: int = 7
+    """Adversarial training with ``pgd``: attack steps per training batch (the cost of a training step
+    grows about (1 + adv_steps)-fold)."""
+    adv_step_size: float | None = None
+    """Adversarial training with ``pgd``: step size on [0, 1] pixels (None: 2.5·ε / adv_steps, Madry et
+    al.'s rule, so the attack can cross the ball)."""
+    adv_ramp: float = 0.0
+    """Adversarial training: epochs over which ε (and the step size) grow linearly from 0 to
+    ``adv_eps`` (0: the full ε from the first step). A ramp helps small models that collapse to chance
+    when attacked at full strength from the start."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
+            try:
+                self.augment = AugmentConfig(**self.augment)
+            except TypeError as exc:
+                raise ConfigError(f"augment: {exc}".replace("AugmentConfig.__init__() ", "")) from None
+        elif self.augment is not None and not isinstance(self.augment, AugmentConfig):
+            raise ConfigError(f"augment must be a mapping of transform ranges or null, "
+                              f"got {type(self.augment).__name__} {self.augment!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a mapping, got {type(self.model_kwargs).__name__}")
+        try:
+            self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        except (TypeError, ValueError):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}") from None
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
@@ -178,6 +212,13 @@ class TrainConfig:
             (self.bn_momentum is None or 0 < self.bn_momentum <= 1,
              f"bn_momentum must be in (0, 1], got {self.bn_momentum}"),
             (not self.freeze or self.init_from is not None, "freeze needs init_from (a run to start from)"),
+            (self.adversarial is None or self.adversarial in ADVERSARIAL,
+             f"adversarial must be one of {', '.join(ADVERSARIAL)} or null, got {self.adversarial!r}"),
+            (0 < self.adv_eps <= 1, f"adv_eps must be in (0, 1] (pixels are in [0, 1]), got {self.adv_eps}"),
+            (self.adv_steps >= 1, f"adv_steps must be >= 1, got {self.adv_steps}"),
+            (self.adv_step_size is None or 0 < self.adv_step_size <= 1,
+             f"adv_step_size must be in (0, 1] or null, got {self.adv_step_size}"),
+            (self.adv_ramp >= 0, f"adv_ramp must be >= 0 (epochs), got {self.adv_ramp}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -186,6 +227,22 @@ class TrainConfig:
         uses_val = self.monitor.startswith("val") or self.plateau_monitor.startswith("val")
         if needs_val and uses_val and self.val_fraction == 0:
             raise ConfigError("early stopping / plateau on a val_* metric needs val_fraction > 0")
+
+    def _check_types(self) -> None:
+        """Every scalar field has its declared type (ints are integers, floats finite numbers, bools
+        booleans), else a ConfigError naming the field. Integers are accepted for floats and numeric
+        strings such as ``1e-3`` (which YAML 1.1 reads as text) are read as numbers."""
+        for f in fields(self):
+            kind = _SCALAR_TYPES.get(str(f.type))
+            if kind is None:
+                continue
+            base, optional = kind
+            value = getattr(self, f.name)
+            if value is None:
+                if not optional:
+                    raise ConfigError(f"{f.name} must be {_TYPE_WORDS[base]}, got null")
+                continue
+            setattr(self, f.name, _coerce(f.name, value, base))
 
     # --- (de)serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -237,14 +294,63 @@ class TrainConfig:
         return TrainConfig.from_dict(data)
 
 
+_SCALAR_TYPES: dict[str, tuple[type, bool]] = {
+    "int": (int, False), "int | None": (int, True),
+    "float": (float, False), "float | None": (float, True),
+    "bool": (bool, False), "bool | None": (bool, True),
+    "str": (str, False), "str | None": (str, True),
+    "Literal['pgd', 'fgsm'] | None": (str, True),
+}
+_TYPE_WORDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
+
+
+def _coerce(name: str, value: Any, base: type) -> Any:
+    """``value`` as type ``base`` for field ``name``, or a ConfigError naming the field."""
+    bad = ConfigError(f"{name} must be {_TYPE_WORDS[base]}, got {value!r}")
+    if base is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if base is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if isinstance(value, bool):  # True is an int to Python, not to a config
+        raise bad
+    given = value
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise bad from None
+    if not isinstance(value, (int, float)):
+        raise bad
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {given!r}")
+    if base is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise bad
+            value = int(value)
+        return value
+    return float(value)
+
+
 def parse_set_option(items: list[str]) -> dict[str, Any]:
-    """``["lr=0.01", "augment.rotation=15"]`` → dict with YAML-typed values."""
+    """``["lr=0.01", "augment.rotation=15"]`` → dict with YAML-typed values (a ConfigError naming the
+    key for a value that is not valid YAML)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at character {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"--set {key.strip()}: {value!r} is not valid YAML ({problem}{where})") from None
     return out
 
 

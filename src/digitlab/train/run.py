@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,7 +42,11 @@ from digitlab.train.config import TrainConfig
 from digitlab.train.loop import FitResult, Trainer, evaluate_split, preserved_torch_state
 from digitlab.utils import ensure_new_dir, resolve_device, write_text_atomic
 
-__all__ = ["CONFIG_FILE", "RunResult", "default_run_dir", "load_run_config", "train_run"]
+if TYPE_CHECKING:
+    from digitlab.evaluate.calibration import TemperatureFit
+
+__all__ = ["CONFIG_FILE", "RunResult", "default_run_dir", "load_run_config", "remove_stale_temp_files",
+           "train_run"]
 
 _told_tensorboard_off = False
 
@@ -65,6 +69,38 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
     return TrainConfig.from_yaml(path)
+
+
+def remove_stale_temp_files(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files an interrupted atomic write left in ``run_dir``; returns them.
+
+    :func:`digitlab.utils.atomic_path` writes ``.NAME.XXXX.tmp`` next to ``NAME`` and renames it;
+    a ``kill -9`` between the two leaves the temporary file behind. Only files of that pattern
+    directly inside the run directory (and its ``tensorboard`` folder is left alone) are removed.
+    """
+    removed = []
+    for p in Path(run_dir).glob(".*.tmp"):
+        if p.is_file() and not p.is_symlink() and p.name.count(".") >= 3:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _fit_calibration(model: torch.nn.Module, val: Any, batch_size: int) -> TemperatureFit | None:
+    """Temperature scaling fitted on the validation split (one forward pass over it).
+
+    ``None`` when there is no validation split or the model is not gradient-trained
+    (the scikit-learn-style baselines output probabilities of their own).
+    """
+    if val is None or len(val) == 0 or not getattr(model, "uses_gradient", True):
+        return None
+    from digitlab.evaluate.calibration import calibrate
+    from digitlab.models.forward import predict_logits
+
+    logits = predict_logits(model, val.images, batch_size=batch_size)
+    if not bool(torch.isfinite(logits).all()):
+        return None
+    return calibrate(logits.double().numpy(), val.labels.cpu().numpy(), fitted_on="validation")
 
 
 def _tensorboard_off() -> None:
@@ -118,10 +154,16 @@ def _train_run(config: TrainConfig | None, out: str | os.PathLike[str] | None, *
         if not (run_dir / RESUME_FILE).is_file():
             raise CheckpointError(f"{run_dir}: no {RESUME_FILE}; cannot resume")
         config = load_run_config(run_dir)
+        if is_main:
+            remove_stale_temp_files(run_dir)
     if config is None:
         raise CheckpointError("train_run needs a config unless it resumes a run")
     torch.manual_seed(config.seed)  # initialisation is part of the seed's promise
-    # built before anything touches the disk: bad model arguments leave no half-made run directory
+    # resolved and built before anything touches the disk: an unavailable device or bad model
+    # arguments leave no half-made run directory that would block the retry
+    device = resolve_device(config.device)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
     model = create_model(config.model, **config.model_kwargs)
     init_report = None
     if config.init_from is not None:  # fine-tuning: checked before the run directory exists too
@@ -139,9 +181,6 @@ def _train_run(config: TrainConfig | None, out: str | os.PathLike[str] | None, *
 
     ds = dataset if dataset is not None else load_dataset(config.dataset, data_dir, progress=progress and is_main)
     splits = make_splits(ds, config.val_fraction, config.seed)
-    device = resolve_device(config.device)
-    if world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
 
     cbs: list[Callback] = []
     if run_dir is not None:
@@ -163,6 +202,7 @@ def _train_run(config: TrainConfig | None, out: str | os.PathLike[str] | None, *
     total_seconds = time.perf_counter() - t0
 
     model = trainer.raw_model.eval()
+    calibration = _fit_calibration(model, splits.val, config.eval_batch_size)
     test = (evaluate_split(model, splits.test.to(device), config.eval_batch_size) if evaluate_test
             else {"accuracy": None, "loss": None})
     last = result.history[-1] if result.history else {}
@@ -187,7 +227,8 @@ def _train_run(config: TrainConfig | None, out: str | os.PathLike[str] | None, *
         "val_count": len(splits.val) if splits.val is not None else 0, "test_count": len(splits.test),
     }, extra={"history": result.history, "device": str(device), "world_size": world_size,
               **({"init_from": init_report.to_dict()} if init_report is not None else
-                 {"init_from": {"source": config.init_from}} if config.init_from else {})})
+                 {"init_from": {"source": config.init_from}} if config.init_from else {}),
+              **({"calibration": calibration.to_dict()} if calibration is not None else {})})
     if run_dir is not None and is_main:
         save_run_checkpoint(run_dir, model, meta)
         (run_dir / RESUME_FILE).unlink(missing_ok=True)

@@ -1,5 +1,7 @@
 // digitlab draw-a-digit page: pointer-event drawing, live predictions, probability bars,
-// and the 28×28 image the model saw. No dependencies; talks only to this server's /api.
+// and the 28×28 image the model saw; in "number" mode a wide canvas to write a number of
+// several digits, read by /api/number, with each digit's confidence.
+// No dependencies; talks only to this server's /api.
 "use strict";
 
 (() => {
@@ -12,9 +14,20 @@
   const previewCtx = preview.getContext("2d");
   const statusEl = document.getElementById("status");
   const fileInput = document.getElementById("file");
+  const digitsEl = document.getElementById("digits");
+  const previewBox = document.querySelector(".preview-box");
 
-  const STROKE = Math.round(pad.width / 12);   // thick, like MNIST's ~2.8 px strokes in 28 px
+  const SIZES = { digit: [280, 280], number: [700, 200] };   // canvas pixels per mode
+  const ENDPOINTS = { digit: "/api/predict", number: "/api/number" };
+  const HINTS = {
+    digit: ["Draw a digit", "Draw one digit (0–9) in the box with the mouse, a pen or a finger."],
+    number: ["Write a number", "Write a number of several digits, left to right, in the wide box."],
+  };
   const THROTTLE_MS = 150;                      // at most ~7 requests/s while drawing
+  let mode = "digit";
+
+  // thick, like MNIST's ~2.8 px strokes in 28 px: a twelfth of the height a digit can take
+  function strokeWidth() { return Math.round(Math.min(pad.width, pad.height) / 12); }
 
   let version = 0;          // bumped on every change of the drawing
   let clearedAt = 0;        // results for versions <= this are stale (drawing was cleared)
@@ -48,13 +61,13 @@
   function dot(p) {
     ctx.fillStyle = "#000";
     ctx.beginPath();
-    ctx.arc(p.x, p.y, STROKE / 2, 0, 2 * Math.PI);
+    ctx.arc(p.x, p.y, strokeWidth() / 2, 0, 2 * Math.PI);
     ctx.fill();
   }
 
   function segment(a, b) {
     ctx.strokeStyle = "#000";
-    ctx.lineWidth = STROKE;
+    ctx.lineWidth = strokeWidth();
     ctx.lineCap = "round";
     ctx.lineJoin = "round";
     ctx.beginPath();
@@ -116,9 +129,11 @@
     if (timer !== null) { clearTimeout(timer); timer = null; }
     predictionEl.textContent = "–";
     predictionEl.dataset.label = "";
+    predictionEl.dataset.number = "";
     predictionEl.dataset.version = String(version);
     confidenceEl.textContent = "";
     renderBars(null);
+    renderDigits([]);
     previewCtx.clearRect(0, 0, 28, 28);
     setStatus("Ready.");
   }
@@ -143,7 +158,7 @@
     requests += 1;
     lastSent = performance.now();
     try {
-      const r = await fetch("/api/predict", {
+      const r = await fetch(ENDPOINTS[mode], {
         method: "POST",
         headers: { "Content-Type": "application/json", ...auth },
         body: JSON.stringify(payload),
@@ -162,6 +177,7 @@
   }
 
   function show(res, v) {
+    if (mode === "number") { showNumber(res, v); return; }
     shownVersion = v;
     lastResult = res;
     if (res.label == null) {                   // the server abstained (nothing drawn)
@@ -176,6 +192,65 @@
     renderPreview(res.preprocessed);
     setStatus(`${res.elapsed_ms} ms on the server`);
   }
+
+  function showNumber(res, v) {
+    shownVersion = v;
+    lastResult = res;
+    predictionEl.textContent = res.number == null ? "–" : res.number;
+    predictionEl.dataset.number = res.number == null ? "" : res.number;
+    predictionEl.dataset.label = "";
+    predictionEl.dataset.version = String(v);
+    confidenceEl.textContent = res.number == null ? "no number found"
+      : `${(100 * res.confidence).toFixed(1)}% sure of the whole number`;
+    renderDigits(res.digits || []);
+    setStatus(`${res.elapsed_ms} ms on the server`);
+  }
+
+  function renderDigits(digits) {              // one line per digit read: the digit and its confidence
+    digitsEl.replaceChildren(...digits.map((d) => {
+      const li = document.createElement("li");
+      li.dataset.label = d.label == null ? "" : String(d.label);
+      li.dataset.confidence = d.confidence == null ? "" : String(d.confidence);
+      const digit = document.createElement("span");
+      digit.className = "digit";
+      digit.textContent = d.label == null ? "?" : String(d.label);
+      const track = document.createElement("span");
+      track.className = "track";
+      const fill = document.createElement("span");
+      fill.className = "fill";
+      fill.style.width = `${(100 * (d.confidence || 0)).toFixed(1)}%`;
+      track.appendChild(fill);
+      const pct = document.createElement("span");
+      pct.className = "pct";
+      pct.textContent = d.confidence == null ? "not a digit" : `${(100 * d.confidence).toFixed(1)}%`;
+      li.append(digit, track, pct);
+      return li;
+    }));
+  }
+
+  // ------------------------------------------------------------------ modes
+
+  function setMode(m) {
+    if (!(m in SIZES) || m === mode) return;
+    mode = m;
+    [pad.width, pad.height] = SIZES[m];         // resizing also empties the canvas
+    pad.classList.toggle("wide", m === "number");
+    pad.setAttribute("aria-label", m === "number" ? "drawing area: write a number here"
+                                                  : "drawing area: draw a digit here");
+    document.getElementById("title").textContent = HINTS[m][0];
+    document.getElementById("hint").textContent = HINTS[m][1];
+    for (const [id, active] of [["mode-digit", m === "digit"], ["mode-number", m === "number"]]) {
+      const b = document.getElementById(id);
+      b.classList.toggle("active", active);
+      b.setAttribute("aria-pressed", String(active));
+    }
+    barsEl.hidden = m === "number";
+    previewBox.hidden = m === "number";
+    digitsEl.hidden = m !== "number";
+    clearAll();
+  }
+  document.getElementById("mode-digit").addEventListener("click", () => setMode("digit"));
+  document.getElementById("mode-number").addEventListener("click", () => setMode("number"));
 
   function setStatus(text, isError = false) {
     statusEl.textContent = text;
@@ -227,7 +302,7 @@
     form.append("file", file);
     setStatus(`Uploading ${file.name}…`);
     try {
-      const r = await fetch("/api/predict", { method: "POST", body: form, headers: auth });
+      const r = await fetch(ENDPOINTS[mode], { method: "POST", body: form, headers: auth });
       const body = await r.json().catch(() => ({}));
       if (!r.ok) throw new Error(body.detail || `HTTP ${r.status}`);
       clearAll();
@@ -263,6 +338,8 @@
   window.digitlab = {
     version: () => version,
     busy: () => drawing || inFlight || timer !== null || (hasInk && shownVersion !== version),
+    mode: () => mode,
+    setMode: setMode,
     lastResult: () => lastResult,
     requests: () => requests,
     clear: clearAll,
