@@ -11,7 +11,7 @@ stopped at the end.
     python scripts/load_test.py --workers 1 --requests 1000
     python scripts/load_test.py --endpoint /api/number --picture page.png
 
-Issue 15's target: >= 400 requests/s at concurrency 16 with 0 errors and p99 <= 100 ms on a
+Target: >= 400 requests/s at concurrency 16 with 0 errors and p99 <= 100 ms on a
 2-core machine. Figures worth quoting need a quiet machine (the load average is recorded).
 Needs ``hey`` (Debian package ``hey``) and the digitlab[serve] extra.
 """

@@ -100,7 +100,7 @@ def _variants() -> dict[str, tuple[str, Callable[[nn.Sequential], nn.Sequential]
     return {
         "shipped": ("configs/fast-cnn.yaml as shipped", same, {}),
         "torch-maxpool": ("nn.MaxPool2d instead of MaxPool2x2", torch_pool, {}),
-        "fp32-first-conv": ("first conv kept float32 under autocast (Float32Conv2d; shipped before issue 16)",
+        "fp32-first-conv": ("first conv kept float32 under autocast (Float32Conv2d; the earlier shipped form)",
                             fp32_first_conv, {}),
         "before": ("nn.MaxPool2d (the session-1 recipe: first conv in bf16 too)", torch_pool, {}),
         "fp32": ("no autocast (all float32)", same, {"amp": False}),

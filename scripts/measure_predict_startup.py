@@ -1,6 +1,6 @@
 """Wall time of ``digitlab predict one.png`` next to ``python -c "import torch"``, measured in the same run.
 
-Issue 15: predicting one picture with the shipped default model (or an .onnx file) must not
+Predicting one picture with the shipped default model (or an .onnx file) must not
 import torch, and must take at most 0.3× the time of importing torch alone. The two commands
 are run alternately (``--rounds`` each, after one untimed warm-up of each, so the file cache
 is warm for both), each in a fresh interpreter; the medians and their ratio are printed as JSON.

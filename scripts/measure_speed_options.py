@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""What helped each model's training step and what did not (issue 16): ms/step per option, per model.
+"""What helped each model's training step and what did not: ms/step per option, per model.
 
 Usage (from the repository root; on an otherwise idle machine for figures):
 

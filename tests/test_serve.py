@@ -231,7 +231,7 @@ def test_cli_serve(run_dir, monkeypatch, capsys):
     assert len(calls) == n
 
 
-# ------------------------------------------------------------------ issue 15: no 500s for hostile input
+# ------------------------------------------------------------------ no 500s for hostile input
 
 
 def _nan_tiff() -> bytes:
@@ -316,7 +316,7 @@ def test_cli_serve_port_in_use_is_one_line(run_dir, monkeypatch, capsys):
     assert f"port {port} on 127.0.0.1 is already in use" in err and len(err.splitlines()) == 1
 
 
-# ------------------------------------------------------------------ issue 14: whole numbers over REST
+# ------------------------------------------------------------------ whole numbers over REST
 
 
 @pytest.fixture(scope="module")

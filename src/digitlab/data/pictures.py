@@ -96,7 +96,7 @@ def user_picture(digit: np.ndarray, rng: np.random.Generator, kind: int | None =
 
 
 def typical_picture(digit: np.ndarray, rng: np.random.Generator, side: int = 112) -> bytes:
-    """The typical picture of issue 15's preprocessing budget: a ``side``×``side`` grey PNG, the digit
+    """The typical picture of the preprocessing speed budget: a ``side``×``side`` grey PNG, the digit
     dark on white at three quarters of the side, off-centre."""
     s = side * 3 // 4
     page = np.full((side, side), 255.0, np.float32)

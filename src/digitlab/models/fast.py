@@ -22,8 +22,8 @@ def fast_cnn(c1: int = 8, c2: int = 32, hidden: int = 64, num_classes: int = 10)
     normalisation) so the elementwise work runs at a quarter of the resolution.
     Pooling uses ``MaxPool2x2`` (see ``digitlab.models.ops``). The first conv
     follows autocast like the others: with the registered channels-last layout its
-    bf16 form trained ~10% faster than a float32 ``Float32Conv2d`` (issue 16;
-    variant ``fp32-first-conv`` of ``scripts/measure_fast_variants.py``, which
+    bf16 form trained ~10% faster than a float32 ``Float32Conv2d`` (variant
+    ``fp32-first-conv`` of ``scripts/measure_fast_variants.py``, which
     measures the alternatives: narrower, fp32, channels-last, bigger batches, cropping).
     """
     return nn.Sequential(

@@ -101,7 +101,7 @@ class Float32Conv2d(nn.Conv2d):
 
     For a one-channel input layer in NCHW, oneDNN's bfloat16 weight gradient was
     slower than float32 on our CPU. In channels-last (fast-cnn's registered layout)
-    it is the other way round (issue 16: fast-cnn's step ~10% faster with a bf16 first
+    it is the other way round (fast-cnn's step ~10% faster with a bf16 first
     conv), so no shipped model uses this layer now; variant ``fp32-first-conv`` of
     ``scripts/measure_fast_variants.py`` and option ``fp32-first-conv`` of
     ``scripts/measure_speed_options.py`` measure it.
