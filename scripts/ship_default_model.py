@@ -7,7 +7,7 @@ Re-measures the run's test accuracy on its own dataset (it does not trust the st
 checks the size limit, fits the calibration temperature, and writes
 src/digitlab/pretrained/default.safetensors with the measurement and the temperature added to
 its metadata (plus the weights' SHA-256, checked on every load), default.json (the same
-metadata, readable), mnist-shape.npz (the pixel statistics of the not-a-digit test,
+metadata, readable), mnist-shape.safetensors (the pixel statistics of the not-a-digit test,
 ``digitlab.inference.reject``, fitted on the MNIST training split) and default.onnx (the same
 model for ONNX Runtime, carrying the same metadata: ``load_predictor("default", prefer_onnx=True)``
 runs it without torch). Refuses to overwrite an existing shipped model unless --replace is given.

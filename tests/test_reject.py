@@ -104,8 +104,8 @@ def test_shape_model_fit_save_load_and_distance(mnist, tmp_path):
     assert model.means.shape == (10, 784) and model.components.shape == (10, 8, 784)
     comps = model.components[3]
     np.testing.assert_allclose(comps @ comps.T, np.eye(8), atol=1e-4)  # orthonormal axes
-    model.save(tmp_path / "s.npz")
-    back = ShapeModel.load(tmp_path / "s.npz")
+    model.save(tmp_path / "s.safetensors")
+    back = ShapeModel.load(tmp_path / "s.safetensors")
     x = mnist.test_images[:200].numpy()
     y = mnist.test_labels[:200].numpy()
     np.testing.assert_allclose(back.distance(x, y), model.distance(x, y), rtol=2e-2)
