@@ -107,7 +107,7 @@ class ShapeModel:
 
         from digitlab.utils import atomic_path
 
-        arrays = {"means": self.means.astype(np.float32), "components": self.components.astype(np.float16),
+        arrays: dict[str, np.ndarray] = {"means": self.means.astype(np.float32), "components": self.components.astype(np.float16),
                   "variances": self.variances.astype(np.float32),
                   "residual_variance": self.residual_variance.astype(np.float32)}
         with atomic_path(path) as tmp:
