@@ -107,9 +107,10 @@ class ShapeModel:
 
         from digitlab.utils import atomic_path
 
-        arrays: dict[str, np.ndarray] = {"means": self.means.astype(np.float32), "components": self.components.astype(np.float16),
-                  "variances": self.variances.astype(np.float32),
-                  "residual_variance": self.residual_variance.astype(np.float32)}
+        arrays: dict[str, np.ndarray] = {
+            "means": self.means.astype(np.float32), "components": self.components.astype(np.float16),
+            "variances": self.variances.astype(np.float32),
+            "residual_variance": self.residual_variance.astype(np.float32)}
         with atomic_path(path) as tmp:
             save_file(arrays, str(tmp))
 
