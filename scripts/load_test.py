@@ -3,9 +3,10 @@
 Starts ``digitlab serve --workers N`` on a free port, waits for ``/api/health``, warms it up,
 then has ``hey`` POST the same multipart picture upload ``--requests`` times at
 ``--concurrency``, and prints JSON: requests/s, latency percentiles (p50/p95/p99 ms),
-errors (non-2xx answers and socket errors), the server's resident memory (all its
-processes, from /proc) before and after, the commands and the machine. The server is
-stopped at the end.
+errors (non-2xx answers and socket errors), the server's CPU time per request and per
+process (with N workers, N similar figures mean the connections were spread over them), the
+server's resident memory (all its processes, from /proc) before and after, the commands and
+the machine. The server is stopped at the end.
 
     python scripts/load_test.py                               # 2 workers, 4000 requests, concurrency 16
     python scripts/load_test.py --workers 1 --requests 1000
@@ -99,17 +100,17 @@ def _rss_mib(pid: int) -> dict[str, object]:
             "each": [round(v, 1) for v in per.values()]}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time used so far by the server tree (from /proc/PID/stat)."""
+def _cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds used so far by each process of the server tree (from /proc/PID/stat)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    out: dict[int, float] = {}
     for p in _tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
+        out[p] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return out
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -199,7 +200,9 @@ def main() -> int:
             cpu_before = _cpu_seconds(proc.pid)
             hey_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             cmd, done, wall = hey(args.requests, csv_out=True)
-            cpu_used = _cpu_seconds(proc.pid) - cpu_before
+            cpu_after = _cpu_seconds(proc.pid)
+            cpu_each = sorted((cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after), reverse=True)
+            cpu_used = sum(cpu_each)
             hey_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             hey_cpu = (hey_after.ru_utime + hey_after.ru_stime) - (hey_before.ru_utime + hey_before.ru_stime)
             load_after = os.getloadavg()
@@ -239,6 +242,8 @@ def main() -> int:
         "duration_seconds": round(span, 3),
         # CPU time the server spent per request (all its processes): hardly changed by other load
         "server_cpu_ms_per_request": round(1000.0 * cpu_used / max(1, len(rows)), 3),
+        # per server process, busiest first: with --workers N, N similar figures mean all workers got work
+        "server_cpu_seconds_by_process": [round(c, 2) for c in cpu_each],
         "load_tool_cpu_ms_per_request": round(1000.0 * hey_cpu / max(1, len(rows)), 3),
         "server_rss_mib": {"before": rss_before, "after": rss_after},
         "model": {k: info.get(k) for k in ("model", "backend", "source")},

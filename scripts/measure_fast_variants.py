@@ -96,10 +96,20 @@ def _variants() -> dict[str, tuple[str, Callable[[nn.Sequential], nn.Sequential]
         model[9] = nn.Linear(linear.in_features * 9 // 16, linear.out_features)
         return nn.Sequential(_Crop(2), *model)
 
+    def torch_flatten(model: nn.Sequential) -> nn.Sequential:
+        from digitlab.models.ops import Flatten
+
+        for i, layer in enumerate(model):
+            if isinstance(layer, Flatten):
+                model[i] = nn.Flatten()
+        return model
+
     same: Callable[[nn.Sequential], nn.Sequential] = lambda m: m  # noqa: E731
     return {
         "shipped": ("configs/fast-cnn.yaml as shipped", same, {}),
         "torch-maxpool": ("nn.MaxPool2d instead of MaxPool2x2", torch_pool, {}),
+        "torch-flatten": ("nn.Flatten instead of ops.Flatten (its gradient not laid out channels-last)",
+                          torch_flatten, {}),
         "fp32-first-conv": ("first conv kept float32 under autocast (Float32Conv2d; the earlier shipped form)",
                             fp32_first_conv, {}),
         "before": ("nn.MaxPool2d (the session-1 recipe: first conv in bf16 too)", torch_pool, {}),

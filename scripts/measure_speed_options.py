@@ -17,20 +17,14 @@ recipe step) and the plain PyTorch loop is timed beside them (fp32, ``nn.MaxPool
 Options (each is the shipped engine with one change, unless it says otherwise):
 
 * ``shipped``         — the model and registered settings as they are in the code;
-* ``before``          — the code before this round: ``nn.Dropout`` and ``nn.AdaptiveAvgPool2d(1)`` instead of
-  :class:`digitlab.models.ops.Dropout` and :class:`digitlab.models.ops.GlobalAvgPool2d`, se-cnn's SE
-  scaling before its max-pooling (``SECNN.scale_after_pool``);
-* ``torch-dropout``, ``torch-gap``, ``se-in-order`` — only one of those back (what each is worth);
-* ``no-nan-fill``     — ``torch.utils.deterministic.fill_uninitialized_memory = False`` while training: with
-  ``deterministic: true`` (every notebook recipe) PyTorch fills every new tensor with NaN, a debugging aid
-  that changes no result. Needs a change in ``train/loop.py`` to ship;
-* ``fused-optimizer`` — the engine's optimiser with ``fused=True`` (Adam/AdamW/SGD; ``foreach`` otherwise);
-  the plain loop keeps torch's default. Needs a change in ``train/loop.py``;
+* ``before``          — the layers as torch has them: ``nn.Dropout``, ``nn.AdaptiveAvgPool2d(1)`` and
+  ``nn.Flatten`` instead of :class:`digitlab.models.ops.Dropout`, :class:`~digitlab.models.ops.GlobalAvgPool2d`
+  and :class:`~digitlab.models.ops.Flatten` (whose gradient stays channels-last), se-cnn's SE scaling in
+  layer order (``SECNN.scale_after_pool``, ``SECNN.scale_after_average``);
+* ``torch-dropout``, ``torch-gap``, ``torch-flatten``, ``se-in-order`` — only one of those back (what each is worth);
+* ``unfused-optimizer`` — torch's default per-parameter optimiser instead of the engine's fused Adam/AdamW/SGD
+  kernels (``foreach`` Adadelta);
 * ``foreach-clip``    — gradient clipping with ``foreach=True``. Needs a change in ``train/loop.py``;
-* ``cpu-seed``        — the engine's per-step reseeding with ``torch.default_generator.manual_seed`` instead of
-  ``torch.manual_seed`` (which formats stack traces to queue lazy CUDA/XPU/MTIA seeding). Needs a change in
-  ``train/loop.py``;
-* ``loop-changes``    — no-nan-fill, fused-optimizer and cpu-seed together;
 * ``fp32-first-conv`` — the 1-channel input conv as ``Float32Conv2d`` (float32 under autocast, as fast-cnn);
 * ``bf16-first-conv`` — the opposite for models that have a ``Float32Conv2d`` (fast-cnn);
 * ``fp32``, ``bf16``, ``channels-last``, ``bf16+channels-last`` — the four autocast/memory-format settings;
@@ -88,17 +82,24 @@ def torch_gap(model: nn.Module) -> nn.Module:
     return _swap(model, lambda m: isinstance(m, GlobalAvgPool2d), lambda m: nn.AdaptiveAvgPool2d(1))
 
 
+def torch_flatten(model: nn.Module) -> nn.Module:
+    """Every :class:`digitlab.models.ops.Flatten` back to ``nn.Flatten``."""
+    from digitlab.models.ops import Flatten
+
+    return _swap(model, lambda m: isinstance(m, Flatten), lambda m: nn.Flatten())
+
+
 def se_in_order(model: nn.Module) -> nn.Module:
-    """se-cnn: scale before pooling, in ``features``' order (``SECNN.scale_after_pool = False``)."""
-    if hasattr(model, "scale_after_pool"):
-        object.__setattr__(model, "scale_after_pool", False)
+    """se-cnn: every SE scaling in ``features``' order (``scale_after_pool`` and ``scale_after_average`` off)."""
+    for flag in ("scale_after_pool", "scale_after_average"):
+        if hasattr(model, flag):
+            object.__setattr__(model, flag, False)
     return model
 
 
 def previous_form(model: nn.Module) -> nn.Module:
-    """The model as the code had it before this round: torch's dropout and global pooling, SE scaling
-    before the pooling."""
-    return se_in_order(torch_gap(torch_dropout(model)))
+    """The model with torch's own layers (dropout, global pooling, flatten) and SE scaling in layer order."""
+    return se_in_order(torch_flatten(torch_gap(torch_dropout(model))))
 
 
 def fp32_first_conv(model: nn.Module) -> nn.Module:
@@ -120,31 +121,19 @@ def fp32_first_conv(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def no_nan_fill() -> Iterator[None]:
-    """``torch.utils.deterministic.fill_uninitialized_memory = False`` (restored after)."""
-    previous = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
-    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        torch.utils.deterministic.fill_uninitialized_memory = previous  # type: ignore[attr-defined]
-
-
-@contextlib.contextmanager
-def fused_optimizer() -> Iterator[None]:
-    """The engine's ``build_optimizer`` with ``fused=True`` (Adam, AdamW, SGD) or ``foreach=True`` (others)."""
+def unfused_optimizer() -> Iterator[None]:
+    """The engine's ``build_optimizer`` with torch's default per-parameter kernels (no ``fused``/``foreach``)."""
     from digitlab.train import loop
 
     original = loop.build_optimizer
 
     def build(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
         opt = original(model, cfg)
-        kind = "fused" if cfg.optimizer in ("adam", "adamw", "sgd") else "foreach"
         for group in opt.param_groups:
-            group[kind] = True
-        if kind == "fused":
-            opt.defaults["fused"] = True
-            opt._step_supports_amp_scaling = True
+            for key in ("fused", "foreach"):
+                if group.get(key):
+                    group[key] = False if key == "fused" else None
+        opt.defaults.pop("fused", None)
         return opt
 
     loop.build_optimizer = build
@@ -163,31 +152,6 @@ def foreach_clip() -> Iterator[None]:
         yield
     finally:
         nn.utils.clip_grad_norm_ = original
-
-
-@contextlib.contextmanager
-def cpu_seed() -> Iterator[None]:
-    """The engine's per-step ``torch.manual_seed`` as ``torch.default_generator.manual_seed`` (CPU runs).
-
-    ``torch.manual_seed`` also queues a lazy seeding of CUDA, XPU and MTIA, formatting a stack trace for
-    each even where none exists (~70-200 µs per call); the engine reseeds before every step."""
-    original = torch.manual_seed
-
-    def seed_cpu(seed: int) -> torch.Generator:
-        return torch.default_generator.manual_seed(int(seed))
-
-    torch.manual_seed = seed_cpu
-    try:
-        yield
-    finally:
-        torch.manual_seed = original
-
-
-@contextlib.contextmanager
-def loop_changes() -> Iterator[None]:
-    """The proposed ``train/loop.py`` changes together."""
-    with no_nan_fill(), fused_optimizer(), cpu_seed():
-        yield
 
 
 def bf16_first_conv(model: nn.Module) -> nn.Module:
@@ -229,7 +193,7 @@ def options() -> dict[str, Option]:
 
     return {
         "shipped": Option("the model and registered settings as shipped", lambda reg: EngineVariant(reg)),
-        "before": Option("nn.Dropout and nn.AdaptiveAvgPool2d(1) (the code before this round)",
+        "before": Option("torch's nn.Dropout, nn.AdaptiveAvgPool2d(1), nn.Flatten; SE scaling in layer order",
                          lambda reg: EngineVariant(reg, transform=previous_form)),
         "torch-dropout": Option("shipped but nn.Dropout instead of ops.Dropout",
                                 lambda reg: EngineVariant(reg, transform=torch_dropout)),
@@ -237,16 +201,12 @@ def options() -> dict[str, Option]:
                               lambda reg: EngineVariant(reg, transform=se_in_order)),
         "torch-gap": Option("shipped but nn.AdaptiveAvgPool2d(1) instead of ops.GlobalAvgPool2d",
                             lambda reg: EngineVariant(reg, transform=torch_gap)),
-        "no-nan-fill": Option("shipped + fill_uninitialized_memory off (needs the loop change)",
-                              lambda reg: EngineVariant(reg, context=no_nan_fill)),
-        "fused-optimizer": Option("shipped + fused Adam/AdamW/SGD (needs the loop change)",
-                                  lambda reg: EngineVariant(reg, context=fused_optimizer)),
+        "torch-flatten": Option("shipped but nn.Flatten instead of ops.Flatten",
+                                lambda reg: EngineVariant(reg, transform=torch_flatten)),
+        "unfused-optimizer": Option("shipped but torch's default (unfused) optimizer kernels",
+                                    lambda reg: EngineVariant(reg, context=unfused_optimizer)),
         "foreach-clip": Option("shipped + clip_grad_norm_(foreach=True) (needs the loop change)",
                                lambda reg: EngineVariant(reg, context=foreach_clip)),
-        "cpu-seed": Option("shipped + the per-step reseeding of the CPU generator only (needs the loop change)",
-                           lambda reg: EngineVariant(reg, context=cpu_seed)),
-        "loop-changes": Option("shipped + no NaN fill, fused optimizer, CPU-only reseeding (the loop diff)",
-                               lambda reg: EngineVariant(reg, context=loop_changes)),
         "fp32-first-conv": Option("shipped + the 1-channel input conv kept float32 under autocast",
                                   lambda reg: EngineVariant(reg, transform=fp32_first_conv)),
         "bf16-first-conv": Option("shipped but Float32Conv2d layers as plain convs (bf16 under autocast)",
@@ -259,7 +219,7 @@ def options() -> dict[str, Option]:
     }
 
 
-DEFAULT_OPTIONS = "shipped,before,no-nan-fill,fp32-first-conv,fp32,bf16,channels-last,bf16+channels-last"
+DEFAULT_OPTIONS = "shipped,before,unfused-optimizer,fp32-first-conv,fp32,bf16,channels-last,bf16+channels-last"
 
 
 def measure(name: str, images: torch.Tensor, labels: torch.Tensor, chosen: list[str], steps: int, rounds: int,

@@ -380,13 +380,13 @@ FIGURES: dict[str, Figure] = {
     "precision_accuracy": Figure(f"{PYTHON} scripts/measure_precision_accuracy.py "
                                  "--models cnn-simple,cnn-deep,cnn-enhanced,se-cnn --steps 500 --json",
                                  render_precision),
-    "rewrite_accuracy": Figure(f"{PYTHON} scripts/measure_rewrite_accuracy.py --steps 500", render_rewrite),
+    "rewrite_accuracy": Figure(f"{PYTHON} scripts/measure_rewrite_accuracy.py --steps 500 --seeds 5", render_rewrite),
     "bench_fast_fashion": Figure(f"{DIGITLAB} bench fast --dataset fashion-mnist --seeds 3 --json --quiet",
                                  render_bench),
     "default_evaluate": Figure(f"{DIGITLAB} evaluate default --json --quiet", render_evaluate),
     "default_onnx": Figure(f"{DIGITLAB} export default --format onnx --quantize int8 --benchmark --threads 1 "
                            "--out {tmp}/default.onnx --json --quiet", render_onnx),
-    "pictures": Figure(f"{PYTHON} scripts/measure_pictures.py --n 200 --json", render_pictures),
+    "pictures": Figure(f"{PYTHON} scripts/measure_pictures.py --n 1000 --json", render_pictures),
     "property_tests": Figure(f"{PYTHON} scripts/measure_property_tests.py", render_property_tests),
     "serve_load": Figure(f"{PYTHON} scripts/load_test.py", render_load),
     "predict_startup": Figure(f"{PYTHON} scripts/measure_predict_startup.py", render_startup),

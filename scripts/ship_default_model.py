@@ -16,6 +16,10 @@ runs it without torch). Refuses to overwrite an existing shipped model unless --
 script verifies) and only re-derives what comes from them: the temperature, the weights hash,
 default.json, default.onnx and the shape statistics.
 
+The feature statistics of the not-a-digit test (``mnist-default-features.safetensors``) belong to
+one set of weights (they record its hash): after shipping new weights, refit them with
+``python scripts/fit_reject.py --write --onnx``; until then the pixel rule alone applies.
+
 The temperature is fitted on the validation split the model's own training config held out
 (``make_splits(dataset, config.val_fraction, config.seed).val``), never on the test set. When
 the run held out none (``val_fraction: 0``, as the shipped best-cnn run, which trained on all
@@ -149,6 +153,9 @@ def main() -> int:
         sys.exit("the re-written checkpoint's tensor bytes differ from the shipped ones")
     write_json_atomic(TARGET / "default.json", stored)
     report = write_onnx(TARGET / "default.onnx", args.data_dir)
+    from digitlab.inference.reject import add_features_output
+
+    add_features_output(TARGET / "default.onnx")  # the not-a-digit test reads the penultimate features
     shape_path = write_shape_model(args.data_dir)
     print(json.dumps({"checkpoint": str(dest), "bytes": size, "weights_sha256": old_hash,
                       "tensor_bytes_unchanged": before is not None or None,

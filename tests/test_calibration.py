@@ -109,6 +109,23 @@ def test_training_run_stores_a_validation_temperature_that_the_predictor_uses(sm
     np.testing.assert_allclose(probs, softmax(zt / cal["temperature"]), atol=1e-5)
 
 
+def test_temperature_is_fitted_on_the_validation_images_the_run_validates_on(small, tmp_path):
+    """With ``val_max_images`` the fit uses the same first N validation images as validation does."""
+    from digitlab.checkpoint import load_checkpoint, read_meta
+    from digitlab.data import make_splits
+    from digitlab.models.forward import predict_logits
+    from digitlab.train import TrainConfig, train_run
+
+    cfg = TrainConfig(model="mlp-basic-128", epochs=1, max_steps=10, val_max_images=120, tensorboard=False)
+    train_run(cfg, tmp_path / "run", progress=False, dataset=small)
+    cal = read_meta(tmp_path / "run")["calibration"]
+    assert cal["n"] == 120
+    val = make_splits(small, cfg.val_fraction, cfg.seed).val
+    model, _ = load_checkpoint(tmp_path / "run")
+    z = predict_logits(model, val.images[:120]).double().numpy()
+    assert cal["temperature"] == pytest.approx(fit_temperature(z, val.labels[:120].numpy()), rel=1e-6)
+
+
 def test_run_without_validation_split_has_no_temperature(small, tmp_path):
     from digitlab.checkpoint import read_meta
     from digitlab.train import TrainConfig, train_run

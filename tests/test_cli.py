@@ -129,3 +129,21 @@ def test_a_closed_pipe_ends_quietly(capsys):
         except OSError:
             pass
     assert capsys.readouterr().err == ""
+
+
+def test_a_named_command_builds_only_its_own_parser_with_the_same_options():
+    """``digitlab predict …`` parses with the predict module alone (start-up time), the same way the full
+    parser does; commands registered by another module, typos and no command get the full parser."""
+    from digitlab.cli import build_parser
+
+    def choices(parser: argparse.ArgumentParser) -> set[str]:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return set(sub.choices)
+
+    full = build_parser()
+    assert choices(build_parser("predict")) == {"predict"}
+    assert choices(build_parser("label-issues")) == {"label-issues"}
+    for other in ("compare", "ensemble", "predcit", "--help", None):
+        assert choices(build_parser(other)) == choices(full), other
+    argv = ["predict", "a.png", "--number", "--json", "--model", "default"]
+    assert vars(build_parser("predict").parse_args(argv)) == vars(full.parse_args(argv))

@@ -1,7 +1,7 @@
 """Every command honours the dataset a model was trained on: bench, export, ensemble, predict, serve on Fashion-MNIST.
 
 The Fashion-MNIST model is made by ``digitlab bench fast --dataset fashion-mnist`` itself
-(170 steps, a few seconds), which is the first thing under test.
+(190 steps, a few seconds), which is the first thing under test.
 """
 
 from __future__ import annotations

@@ -655,6 +655,30 @@ def test_cnn_simple_width_scales_the_filters_and_keeps_the_notebook_default():
         create_model("cnn-simple", width=0)
 
 
+def test_se_cnn_scales_the_global_average_with_the_same_result(batch):
+    """SECNN.scale_after_average: GAP(x·w) as GAP(x)·w (w constant per map, the SE squeeze is GAP(x) itself):
+    the same function up to float rounding (fp32: logits, gradients, BN statistics within 1e-5; bf16
+    autocast: logits within bf16 rounding), and it takes the place of the head's GAP and Flatten."""
+    from digitlab.models.ops import GlobalAvgPool2d
+
+    x, y = batch[0][:6], batch[1][:6]
+    torch.manual_seed(0)
+    fused = create_model("se-cnn").eval()
+    in_order = copy.deepcopy(fused)
+    in_order.scale_after_average = False
+    assert fused.scale_after_average
+    _assert_same_computation(fused, in_order, x, y)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out_f, out_r = fused.eval()(x).float(), in_order.eval()(x).float()
+    torch.testing.assert_close(out_f, out_r, atol=0.02 * out_r.abs().max().item(), rtol=0)
+    calls: list[str] = []
+    for model in (fused, in_order):
+        gap = next(m for m in model.modules() if isinstance(m, GlobalAvgPool2d))
+        gap.register_forward_hook(lambda *a: calls.append("gap"))
+        model(x)
+    assert calls == ["gap"]  # only the in-order model runs the head's GAP
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 def test_se_cnn_scales_after_pooling_with_the_same_result(batch, autocast):
     """SECNN.scale_after_pool: pool(x)·w for pool(x·w) (w > 0, constant per map) is exact, in bf16 too;
@@ -664,6 +688,7 @@ def test_se_cnn_scales_after_pooling_with_the_same_result(batch, autocast):
     x, y = batch[0][:6], batch[1][:6]
     torch.manual_seed(0)
     fused = create_model("se-cnn").eval()
+    fused.scale_after_average = False  # this test is about the pooling (exact); the average is tested below
     in_order = copy.deepcopy(fused)
     in_order.scale_after_pool = False
     assert fused.scale_after_pool
@@ -677,3 +702,27 @@ def test_se_cnn_scales_after_pooling_with_the_same_result(batch, autocast):
             m.forward_pooled = lambda *a, **k: calls.append("pooled")  # type: ignore[method-assign]
     plain(x)
     assert calls == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flatten_keeps_the_gradient_channels_last(dtype):
+    """ops.Flatten: nn.Flatten's values and gradient values; a channels-last input gets its gradient
+    channels-last (nn.Flatten hands back a plain NCHW view); plain_copy turns it into nn.Flatten."""
+    from digitlab.models.ops import Flatten, plain_copy
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, 3, 4).to(dtype).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(5, 72).to(dtype)
+    grads: dict[str, torch.Tensor] = {}
+    outs = {}
+    for name, layer in (("fast", Flatten()), ("torch", nn.Flatten())):
+        mid = x.clone().requires_grad_() * 1  # a non-leaf: what the layer before sees (a leaf's .grad is
+        mid.register_hook(lambda g, name=name: grads.__setitem__(name, g))  # re-laid out by autograd)
+        outs[name] = layer(mid)
+        outs[name].backward(grad)
+    assert torch.equal(outs["fast"], outs["torch"]) and torch.equal(grads["fast"], grads["torch"])
+    assert grads["fast"].is_contiguous(memory_format=torch.channels_last) and not grads["fast"].is_contiguous()
+    assert not grads["torch"].is_contiguous(memory_format=torch.channels_last)  # what the layer is for
+    plain = plain_copy(nn.Sequential(Flatten()))
+    assert type(plain[0]) is nn.Flatten
+    assert torch.equal(Flatten(0, 1)(x), nn.Flatten(0, 1)(x))  # other dims: nn.Flatten's own path

@@ -472,3 +472,24 @@ def test_windowed_blank_test_decides_like_the_whole_picture_blur():
             x[r:r + 3, c:c + int(rng.integers(1, 12))] = rng.uniform(0.1, 1.0)
         full = float(ndimage.gaussian_filter(x, BLANK_BLUR, truncate=2.0).max())
         assert (_peak_contrast(x) < MIN_CONTRAST) == (full < MIN_CONTRAST)
+
+
+def test_specks_are_judged_against_the_stroke_width_not_only_the_largest_blob(digits, monkeypatch):
+    """A small digit with a speck of paper texture far away: the speck is over 5% of the digit's ink (the
+    old rule kept it, so the box grew to hold it and the digit shrank) but smaller than SPECK_STROKES
+    squares of the stroke width, so it is dropped."""
+    from digitlab.inference import preprocess
+
+    d = digits[0][5]
+    small = 255 - np.asarray(Image.fromarray(d).resize((40, 40), Image.Resampling.BICUBIC))
+    page = np.full((300, 300), 255, np.uint8)
+    page[200:240, 200:240] = small
+    clean = to_mnist(page)
+    specked = page.copy()
+    specked[20:24, 20:24] = 0  # 16 px of dark speck
+    ink = small < 128
+    assert 16 >= 0.05 * ink.sum()  # the largest-blob rule alone keeps it
+    assert 16 < preprocess.SPECK_STROKES * preprocess._stroke_width(ink) ** 2
+    assert _corr_shift(to_mnist(specked), clean) > 0.95
+    monkeypatch.setattr(preprocess, "SPECK_STROKES", 0.0)  # without the stroke-width rule: the speck stays
+    assert _corr_shift(to_mnist(specked), clean) < 0.8

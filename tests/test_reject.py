@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -17,7 +20,9 @@ from digitlab.inference.reject import (
     shape_model_path,
 )
 
-SEED = 11  # neither the measured sets (0) nor the seeds the thresholds were chosen on (1, 3, 4)
+PRETRAINED = Path(__file__).resolve().parent.parent / "src" / "digitlab" / "pretrained"
+
+SEED = 11  # neither the measured sets (0) nor the validation seeds of scripts/fit_reject.py
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +126,80 @@ def test_shipped_shape_model_is_present_and_used_by_the_shipped_predictors(mnist
     assert isinstance(shape, ShapeModel) and shape.components.shape[0] == 10
     probs = np.eye(10, dtype=np.float32)[mnist.test_labels[:50].numpy()]
     assert not_a_digit(shape, mnist.test_images[:50].numpy(), probs).sum() <= 1
+
+
+def test_feature_model_fit_save_load_and_distance(tmp_path):
+    from digitlab.inference.reject import FeatureModel, FeatureRule, fit_feature_model
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 5, (3, 12))
+    labels = np.repeat(np.arange(3), 400)
+    feats = centres[labels] + rng.normal(0, 1, (1200, 12)) * np.linspace(0.2, 2, 12)
+    rule = FeatureRule(0.5, 0.1, 1.0)
+    model = fit_feature_model(feats, labels, "abc", rule, components=4, shrink=0.0, info={"fitted_on": "toy"})
+    assert model.axes.shape == (12, 4) and model.means.shape == (3, 12)
+    np.testing.assert_allclose(model.axes.T @ model.axes, np.eye(4), atol=1e-5)
+    # the distance is the full Mahalanobis distance when no axis is left out
+    full = fit_feature_model(feats, labels, "abc", rule, components=12, shrink=0.0)
+    x = centres[[0, 2]] + rng.normal(0, 1, (2, 12))
+    cov = np.cov((feats - full.means[labels]).T, bias=True)
+    inv = np.linalg.inv(cov)
+    want = np.min([[(v - m) @ inv @ (v - m) for m in full.means.astype(np.float64)] for v in x], axis=1) / 12
+    np.testing.assert_allclose(full.distance(x), want, rtol=1e-3)
+    # far from every class is far
+    assert model.distance(centres[:1] + 30).item() > 10 * model.distance(centres[:1]).item()
+    model.save(tmp_path / "f.safetensors")
+    back = FeatureModel.load(tmp_path / "f.safetensors")
+    assert back.rule == rule and back.weights_sha256 == "abc" and back.info == {"fitted_on": "toy"}
+    np.testing.assert_allclose(back.distance(x), model.distance(x), rtol=1e-6)
+
+
+def test_feature_statistics_apply_only_to_the_weights_they_were_computed_with():
+    from digitlab.inference.reject import feature_model_for, feature_model_path
+
+    assert feature_model_path("mnist").is_file()
+    meta = json.loads((PRETRAINED / "default.json").read_text())
+    shipped = feature_model_for("mnist", meta["weights_sha256"])
+    assert shipped is not None and shipped.weights_sha256 == meta["weights_sha256"]
+    assert feature_model_for("mnist", "0" * 64) is None and feature_model_for("mnist", None) is None
+    assert feature_model_for("fashion-mnist", meta["weights_sha256"]) is None
+
+
+def test_both_backends_of_the_shipped_model_refuse_the_same_pictures(default, sets):
+    pytest.importorskip("onnxruntime")
+    onnx = load_predictor("default", prefer_onnx=True)
+    assert onnx.info["backend"] == "onnxruntime" and default.info["backend"] == "torch"
+    assert onnx.feature_model is not None and default.feature_model is not None
+    for name in ("user", "photo", "not-a-digit"):
+        pre = np.stack([default.preprocess(im) for im in sets[name].images])
+        np.testing.assert_allclose(onnx.features(pre), default.features(pre), atol=1e-3)
+        a = [r["label"] for r in default.result(pre, *default.predict(pre))]
+        b = [r["label"] for r in onnx.result(pre, *onnx.predict(pre))]
+        assert a == b, name
+
+
+def test_features_come_from_the_forward_pass_predict_just_ran(default, mnist):
+    calls = []
+    inner = default._features_fn
+
+    def counting(x):
+        calls.append(x.shape[0])
+        return inner(x)
+
+    default._features_fn = counting
+    try:
+        pre = mnist.test_images[:5].numpy()
+        labels, probs = default.predict(pre)
+        default.result(pre, labels, probs)
+        assert calls == [5]  # result() reused the features of predict()'s pass
+        default.result(pre[:2], *default.predict(pre[:2]))
+        assert calls == [5, 2]
+        default.not_a_digit(pre[2:4], probs[2:4])  # not the last batch: computed afresh
+        assert calls == [5, 2, 2]
+    finally:
+        default._features_fn = inner
+
+
+def test_other_models_use_the_pixel_rule(run_dir):
+    other = load_predictor(run_dir, device="cpu")
+    assert other.feature_model is None and other.shape is not None

@@ -10,9 +10,28 @@ import pytest
 from fastapi.testclient import TestClient
 
 from digitlab.serve import create_app
+from digitlab.serve.app import settle_heap
 from inference_support import bomb_png, digit_png
 
 MAX_UPLOAD = 200_000
+
+
+@pytest.fixture(autouse=True)
+def _no_heap_freeze(monkeypatch):
+    """The server start-up freezes the GC heap (:func:`settle_heap`): not in the test process."""
+    import digitlab.serve.app as serve_app
+
+    monkeypatch.setattr(serve_app, "settle_heap", lambda: None)
+
+
+def test_settle_heap_exempts_loaded_objects_from_the_gc():
+    import gc
+
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 1000  # the libraries' objects, not scanned by full collections
+    finally:
+        gc.unfreeze()
 
 
 @pytest.fixture(scope="module")
@@ -439,22 +458,38 @@ def test_worker_app_factory_builds_the_same_app(run_dir, monkeypatch, sample):
 
 
 def test_cli_serve_workers_uses_the_app_factory(run_dir, monkeypatch, capsys):
+    """``--workers N`` on Linux: N sockets on the port (SO_REUSEPORT), one per worker, each building its app."""
     import os
+    import socket
 
     import uvicorn
 
     import digitlab.cli.serve as serve_cli
     from digitlab.cli import main
+    from digitlab.serve import workers as serve_workers
     from digitlab.serve.app import SETTINGS_ENV, ServeSettings
 
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    monkeypatch.setattr(serve_cli, "check_port_free", lambda host, port: None)
+    pools = []
+
+    def fake_run(self) -> int:
+        (mine,) = zip(*self.sockets, strict=True)  # 127.0.0.1: one socket for each worker
+        pools.append((self.config, [s.getsockname() for s in mine],
+                      [s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in mine]))
+        for s in mine:
+            s.close()
+        return 0
+
+    monkeypatch.setattr(serve_workers.WorkerPool, "run", fake_run)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("uvicorn.run with --workers on Linux"))
     monkeypatch.delenv(SETTINGS_ENV, raising=False)
-    assert main(["serve", "--model", str(run_dir), "--workers", "3", "--max-decodes", "4"]) == 0
-    app, kw = calls[-1]
-    assert app == "digitlab.serve.app:app_from_env" and kw["factory"] is True and kw["workers"] == 3
-    assert kw["http"].startswith("digitlab.serve.protocol:")  # the header timeout in every worker
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["serve", "--model", str(run_dir), "--workers", "3", "--max-decodes", "4", "--port", str(port)]) == 0
+    config, addresses, reuse = pools[-1]
+    assert config["app"] == "digitlab.serve.app:app_from_env" and config["factory"] is True
+    assert config["http"].startswith("digitlab.serve.protocol:")  # the header timeout in every worker
+    assert addresses == [("127.0.0.1", port)] * 3 and all(reuse)  # one socket per worker, same port
     settings = ServeSettings.from_json(os.environ.pop(SETTINGS_ENV))
     assert settings.model == str(run_dir) and settings.max_decodes == 4
     assert settings.allowed_hosts is not None and "127.0.0.1" in settings.allowed_hosts
@@ -462,9 +497,23 @@ def test_cli_serve_workers_uses_the_app_factory(run_dir, monkeypatch, capsys):
     assert main(["serve", "--model", str(run_dir), "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
 
+    # without SO_REUSEPORT (not Linux): uvicorn's own workers on one shared socket
+    calls = []
+    monkeypatch.setattr(serve_cli, "check_port_free", lambda host, port: None)
+    monkeypatch.setattr(serve_workers, "reuse_port_supported", lambda: False)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    assert main(["serve", "--model", str(run_dir), "--workers", "2"]) == 0
+    app, kw = calls[-1]
+    assert app == "digitlab.serve.app:app_from_env" and kw["factory"] is True and kw["workers"] == 2
+    os.environ.pop(SETTINGS_ENV)
 
-def test_header_timeout_closes_silent_and_slowloris_connections(predictor, sample):
-    """A connection that sends nothing, or its headers too slowly, is closed; normal requests are served."""
+
+@pytest.mark.parametrize("parser", ["h11", "fastest"])
+def test_header_timeout_closes_silent_and_slowloris_connections(predictor, sample, parser):
+    """A connection that sends nothing, or its headers too slowly, is closed; normal requests are served.
+
+    Both with the h11 protocol and with the one ``digitlab serve`` picks (httptools when installed).
+    """
     import socket
     import threading
     import time
@@ -480,7 +529,8 @@ def test_header_timeout_closes_silent_and_slowloris_connections(predictor, sampl
         port = s.getsockname()[1]
     protocol.set_header_timeout(0.5)
     server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", http=protocol.HTTPProtocol))
+                                           lifespan="off", http=protocol.H11HeaderTimeoutProtocol
+                                           if parser == "h11" else protocol.HTTPProtocol))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -88,6 +88,21 @@ def test_bootstrap_is_seeded_and_chunked_consistently():
     assert d["low"] == d["high"] == 1.0
 
 
+def test_bootstrap_by_counts_matches_resampling_indices():
+    """The multinomial shortcut for few distinct values has the distribution of index resampling."""
+    rng = np.random.default_rng(7)
+    v = rng.choice([-1.0, 0.0, 1.0], size=400, p=[0.1, 0.8, 0.1])
+    fast = St.bootstrap_ci(v, n_boot=20_000, seed=1)
+    idx = np.random.default_rng(2).integers(0, v.size, size=(20_000, v.size))
+    low, high = np.quantile(v[idx].mean(axis=1), [0.025, 0.975])
+    assert fast["low"] == pytest.approx(low, abs=0.004) and fast["high"] == pytest.approx(high, abs=0.004)
+    # many distinct values take the index-resampling path and agree with it as well
+    w = rng.normal(size=400)
+    slow = St.bootstrap_ci(w, n_boot=5000, seed=1)
+    sd = w.std(ddof=0) / math.sqrt(w.size)
+    assert slow["high"] - slow["low"] == pytest.approx(2 * 1.96 * sd, rel=0.08)
+
+
 def test_mean_std_uses_sample_std():
     vals = [0.9911, 0.9932, 0.9903, 0.9951]
     ms = St.mean_std(vals)

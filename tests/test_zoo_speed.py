@@ -184,7 +184,7 @@ def _script(name: str):
 
 def test_speed_options_script_tabulates_each_option(capsys):
     script = _script("measure_speed_options")
-    chosen = ["shipped", "before", "se-in-order", "no-nan-fill", "fused-optimizer"]
+    chosen = ["shipped", "before", "se-in-order", "torch-flatten", "unfused-optimizer"]
     assert script.main(["--models", "se-cnn", "--options", ",".join(chosen), "--steps", "1", "--rounds", "1",
                         "--batch-size", "8", "--threads", "1", "--cpu-time"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -196,24 +196,34 @@ def test_speed_options_script_tabulates_each_option(capsys):
     for r in options.values():
         assert r["ms_per_step"] > 0
         assert r["ratio_vs_plain"] == pytest.approx(r["ms_per_step"] / row["plain_ms_per_step"])
-    assert torch.utils.deterministic.fill_uninitialized_memory  # the option's context restored it
     from digitlab.train import loop
 
-    assert loop.build_optimizer.__module__ == "digitlab.train.loop"  # ... and the patched optimizer builder
+    assert loop.build_optimizer.__module__ == "digitlab.train.loop"  # the option's context restored it
     assert script.main(["--options", "no-such-option"]) == 2
 
 
 def test_speed_option_transforms_give_the_previous_form():
     from digitlab.models import create_model
-    from digitlab.models.ops import Dropout, GlobalAvgPool2d
+    from digitlab.models.ops import Dropout, Flatten, GlobalAvgPool2d
 
     script = _script("measure_speed_options")
     model = create_model("se-cnn")
     before = script.previous_form(create_model("se-cnn"))
-    assert any(isinstance(m, (Dropout, GlobalAvgPool2d)) for m in model.modules())
-    assert not any(isinstance(m, (Dropout, GlobalAvgPool2d)) for m in before.modules())
+    assert any(isinstance(m, (Dropout, GlobalAvgPool2d, Flatten)) for m in model.modules())
+    assert not any(isinstance(m, (Dropout, GlobalAvgPool2d, Flatten)) for m in before.modules())
     assert model.scale_after_pool and not before.scale_after_pool
+    assert model.scale_after_average and not before.scale_after_average
+    from digitlab.train import loop
+    from digitlab.train.config import TrainConfig
+
+    with script.unfused_optimizer():
+        unfused = loop.build_optimizer(model, TrainConfig(model="se-cnn"))
+    assert not unfused.param_groups[0]["fused"]
+    assert loop.build_optimizer(model, TrainConfig(model="se-cnn")).param_groups[0]["fused"]
     assert list(before.state_dict()) == list(model.state_dict())
+    deep = script.previous_form(create_model("cnn-deep"))
+    assert any(isinstance(m, Flatten) for m in create_model("cnn-deep").modules())
+    assert not any(isinstance(m, Flatten) for m in deep.modules())
 
 
 def test_plain_loop_uses_torchs_default_optimizer():

@@ -46,7 +46,7 @@ RECIPES: dict[str, Recipe] = {
     "plain": Recipe("plain", PLAIN.description, plain=PLAIN),
     "reference": Recipe("reference", REFERENCE.description, plain=REFERENCE),
     "fast": _shipped("fast", "fast-cnn", "digitlab engine, configs/fast-cnn.yaml: BN CNN (8/32 channels), resident "
-                     "uint8 tensor, batch 256, Adam (0.8, 0.95) one-cycle to 0.025 over 170 steps (0.73 epoch), "
+                     "uint8 tensor, batch 256, Adam (0.8, 0.95) one-cycle to 0.025 over 190 steps (0.81 epoch), "
                      "label smoothing 0.05, bf16 autocast, channels-last, MaxPool2x2"),
     "best": _shipped("best", "best-cnn", "digitlab engine, configs/best-cnn.yaml: VGG-style BN CNN, 20 epochs, "
                      "AdamW one-cycle 3e-3, label smoothing 0.1, strong augmentation, bf16 autocast; "

@@ -7,12 +7,13 @@ the same training images, with the same batch size, optimiser and loss:
 * **engine**: :class:`digitlab.train.loop.Trainer` itself, on the resident uint8
   tensor indexed per batch and turned into floats on the fly, with the model's
   fastest settings from the registry (:func:`digitlab.models.train_settings`:
-  bf16 autocast, channels-last) and its fast layers (``MaxPool2x2``,
-  ``Float32Conv2d``, in-place activations);
+  bf16 autocast, channels-last), its fast layers (``MaxPool2x2``, ``Dropout``,
+  ``GlobalAvgPool2d``, ``Flatten``, in-place activations) and the engine's fused
+  optimiser kernels;
 * **plain**: the textbook loop — a ``DataLoader`` over a float ``TensorDataset``
-  (per-sample indexing and collation), float32, and the model's
+  (per-sample indexing and collation), float32, the model's
   :func:`digitlab.models.ops.plain_copy` (``nn.MaxPool2d``, plain convs, out-of-place
-  activations).
+  activations) and torch's default optimiser (:func:`textbook_optimizer`).
 
 Both loops add the model's own L2 penalty (notebook 001 models) and clip the
 gradient norm when the model's recipe does, so they do the same work per step.

@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "several digits), GET /api/health, GET /api/models, the OpenAPI schema at /openapi.json "
                     "and a page at / to draw a digit or a number on. Results carry the integer label and the "
                     "class name of the model's dataset. The shipped default model runs on ONNX Runtime when "
-                    "onnxruntime is installed. --workers N starts N server processes sharing the port (each "
-                    "loads the model). Needs the digitlab[serve] extra.",
+                    "onnxruntime is installed. --workers N starts N server processes on the port, each loading "
+                    "the model and, on Linux, listening on a socket of its own (SO_REUSEPORT: the kernel "
+                    "spreads the connections over the workers). Needs the digitlab[serve] extra.",
         epilog="examples:\n  digitlab serve                       # http://127.0.0.1:8000/\n"
                "  digitlab serve --model runs/a --port 8080\n"
                "  digitlab serve --workers 2                 # two processes: more requests/s on 2+ cores\n"
@@ -57,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-alive", type=float, default=5.0,
                    help="seconds an idle keep-alive connection stays open")
     p.add_argument("--workers", type=int, default=1,
-                   help="server processes sharing the port (each loads the model and has its own --max-decodes)")
+                   help="server processes on the port (each loads the model and has its own --max-decodes; on Linux "
+                        "each has its own socket, so connections spread over them); use the number of cores")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level")
     p.set_defaults(handler=_serve)
@@ -95,8 +97,16 @@ def _serve(args: argparse.Namespace) -> int:
         require_extra("onnxruntime", "onnx")
     import uvicorn
 
-    from digitlab.serve.app import SETTINGS_ENV, ServeSettings, app_from_env, create_app, load_serving_predictor
+    from digitlab.serve.app import (
+        SETTINGS_ENV,
+        ServeSettings,
+        app_from_env,
+        create_app,
+        load_serving_predictor,
+        settle_heap,
+    )
     from digitlab.serve.protocol import HTTPProtocol, set_header_timeout
+    from digitlab.serve.workers import WorkerPool, bind_reuseport_sockets, reuse_port_supported
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: must be between 1 and 65535")
@@ -138,14 +148,25 @@ def _serve(args: argparse.Namespace) -> int:
                                "timeout_keep_alive": max(1, round(args.keep_alive))}
     if args.workers == 1:
         set_header_timeout(args.header_timeout)
-        uvicorn.run(create_app(predictor, max_upload_bytes=settings.max_upload_bytes,
-                               max_image_pixels=settings.max_image_pixels, max_decodes=settings.max_decodes,
-                               body_timeout=settings.body_timeout, api_token=token, allowed_hosts=allowed),
-                    http=HTTPProtocol, **options)
-    else:
-        del predictor  # each worker process loads its own
-        # worker processes build their app from the settings in their (inherited) environment
-        os.environ[SETTINGS_ENV] = settings.to_json()
-        uvicorn.run(f"{app_from_env.__module__}:{app_from_env.__name__}", factory=True, workers=args.workers,
-                    http=f"{HTTPProtocol.__module__}:{HTTPProtocol.__name__}", **options)
+        app = create_app(predictor, max_upload_bytes=settings.max_upload_bytes,
+                         max_image_pixels=settings.max_image_pixels, max_decodes=settings.max_decodes,
+                         body_timeout=settings.body_timeout, api_token=token, allowed_hosts=allowed)
+        settle_heap()
+        uvicorn.run(app, http=HTTPProtocol, **options)  # loop "auto": uvloop when installed
+        return 0
+    del predictor  # each worker process loads its own
+    # worker processes build their app from the settings in their (inherited) environment
+    os.environ[SETTINGS_ENV] = settings.to_json()
+    factory = {"app": f"{app_from_env.__module__}:{app_from_env.__name__}", "factory": True,
+               "http": f"{HTTPProtocol.__module__}:{HTTPProtocol.__name__}", **options}
+    if not reuse_port_supported():  # one shared socket (connections may gather on one worker)
+        uvicorn.run(factory.pop("app"), workers=args.workers, **factory)
+        return 0
+    # a socket per worker (SO_REUSEPORT): the kernel spreads the connections over the workers
+    try:
+        sockets = bind_reuseport_sockets(args.host, args.port, args.workers)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
+    if WorkerPool(sockets, factory).run() != 0:
+        raise ConfigError("a server worker failed to start (see its message above)")
     return 0

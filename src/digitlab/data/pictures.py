@@ -203,7 +203,8 @@ def _blank(rng: np.random.Generator) -> tuple[bytes, str]:
 
 
 LETTERS = "ABCDEFHKMNPRTUVWXYZ"
-"""Letters used as non-digits: none of them is commonly written like a digit (no O, I, S, Z-like 2 …)."""
+"""Letters used as non-digits. G, I, J, L, O, Q and S, often written like digits, are left out; B, D and Z
+are kept although typeset they resemble 8, 0 and 2 (the shipped model reads them as those digits)."""
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:

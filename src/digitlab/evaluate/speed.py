@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from digitlab.models.forward import as_float_batch, model_device, predict_logits
+from digitlab.models.forward import as_float_batch, inference_layout, model_device, predict_logits
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -53,7 +53,10 @@ def _timed_calls(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -
     model.eval()
     times = np.empty(repeats, dtype=np.float64)
     try:
-        with torch.inference_mode():
+        # a batch runs in the layout every batched evaluation uses (predict_logits)
+        with inference_layout(model, dev, x.shape[0]) as channels_last, torch.inference_mode():
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             for _ in range(warmup):
                 model(x)
             _sync(dev)

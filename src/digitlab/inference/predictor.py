@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,14 @@ import numpy as np
 from digitlab.checkpoint import DEFAULT_MODEL_PATH, checkpoint_file, dataset_of, is_default
 from digitlab.errors import CheckpointError, ConfigError, ImageError
 from digitlab.inference.preprocess import MAX_IMAGE_PIXELS, ImageSource, fit_picture, split_digit_boxes, to_mnist
-from digitlab.inference.reject import ShapeModel, not_a_digit, shape_model_for
+from digitlab.inference.reject import (
+    FEATURES_OUTPUT,
+    FeatureModel,
+    ShapeModel,
+    feature_model_for,
+    not_a_digit,
+    shape_model_for,
+)
 from digitlab.numerics import softmax
 
 __all__ = ["DEFAULT_MODEL_PATH", "DEFAULT_ONNX_PATH", "IMAGE_EXTENSIONS", "INPUT_SHAPES", "ONNX_META_KEY",
@@ -49,6 +57,8 @@ INPUT_SHAPES = "28×28, N×28×28, N×1×28×28, 784 or N×784"
 """The array shapes :meth:`Predictor.predict` accepts."""
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
+FeaturesFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""Model input ``N×1×28×28`` → ``(logits N×K, penultimate-layer features N×D)`` in one forward pass."""
 
 if TYPE_CHECKING:  # torch is imported only for checkpoint models: an ONNX model runs without it
     import torch
@@ -60,12 +70,18 @@ class Predictor:
     Build one with :func:`load_predictor`. ``logits_fn`` maps float32
     ``N×1×28×28`` in [0, 1] to logits ``N×K``. ``dataset`` names the data the model
     was trained on: it gives the class names and how pictures are prepared.
+    ``features_fn`` (optional) gives the same logits plus the penultimate-layer features in one
+    pass; with ``weights_sha256`` naming the shipped model's weights, the not-a-digit test also reads
+    the features (:class:`~digitlab.inference.reject.FeatureModel`).
     """
 
     def __init__(self, logits_fn: LogitsFn, info: dict[str, Any], dataset: str = "mnist",
                  class_names: Sequence[str] | None = None, digits: bool | None = None,
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, features_fn: FeaturesFn | None = None,
+                 weights_sha256: str | None = None) -> None:
         self._logits = logits_fn
+        self._features_fn = features_fn
+        self._last = threading.local()  # this thread's last batch and its features (predict → result)
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ConfigError(f"temperature must be a positive finite number, got {temperature!r}")
         self.temperature: float = float(temperature)
@@ -89,6 +105,10 @@ class Predictor:
         self.shape: ShapeModel | None = shape_model_for(dataset) if self.digits else None
         """Pixel statistics of the dataset's digits for the not-a-digit test (:mod:`digitlab.inference.reject`);
         ``None`` (never rejects as not-a-digit) for other datasets. Set to ``None`` to turn the test off."""
+        self.feature_model: FeatureModel | None = (
+            feature_model_for(dataset, weights_sha256) if self.digits and features_fn is not None else None)
+        """Feature statistics of the shipped model for the not-a-digit test, when this predictor runs those
+        weights and can compute features; ``None`` otherwise (the pixel-space rule alone)."""
 
     @property
     def num_classes(self) -> int:
@@ -116,7 +136,12 @@ class Predictor:
         if x.shape[0] == 0:
             k = self.num_classes
             return np.zeros(0, np.int64), np.zeros((0, k), np.float32), np.zeros((0, k), np.float32)
-        logits = np.asarray(self._logits(x), dtype=np.float32)
+        if self.feature_model is not None and self._features_fn is not None and self.shape is not None:
+            raw, feats = self._features_fn(x)
+            logits = np.asarray(raw, dtype=np.float32)
+            self._last.batch = (x, np.asarray(feats, dtype=np.float32))  # read back by not_a_digit
+        else:
+            logits = np.asarray(self._logits(x), dtype=np.float32)
         probs = softmax(logits.astype(np.float64) / self.temperature).astype(np.float32)
         return probs.argmax(axis=1).astype(np.int64), probs, logits
 
@@ -156,6 +181,19 @@ class Predictor:
         pre = np.stack([self.preprocess(im) for im in images])
         return self.result(pre, *self.predict(pre), top_k=top_k)
 
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """Penultimate-layer features ``N×D`` float32 of images in the form :meth:`predict` takes.
+
+        :class:`ConfigError` for a predictor whose backend cannot give them.
+        """
+        if self._features_fn is None:
+            raise ConfigError(f"this predictor ({self.info.get('backend')}) cannot compute features")
+        x = as_model_input(images)
+        last = getattr(self._last, "batch", None)
+        if last is not None and last[0].shape == x.shape and np.array_equal(last[0], x):
+            return np.asarray(last[1])  # the batch predict() just ran: no second forward pass
+        return np.asarray(self._features_fn(x)[1], dtype=np.float32)
+
     def not_a_digit(self, pre: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Boolean ``N``: which preprocessed images (``N×28×28`` uint8) to answer ``rejected: "not-a-digit"``.
 
@@ -164,7 +202,9 @@ class Predictor:
         """
         if self.shape is None or pre.shape[0] == 0:
             return np.zeros(pre.shape[0], bool)
-        return not_a_digit(self.shape, pre, probs)
+        if self.feature_model is None:
+            return not_a_digit(self.shape, pre, probs)
+        return not_a_digit(self.shape, pre, probs, self.features(pre), self.feature_model)
 
     def result(self, pre: np.ndarray, labels: np.ndarray, probs: np.ndarray, top_k: int | None = None,
                reject: bool = True) -> list[dict[str, Any]]:
@@ -295,10 +335,43 @@ def _torch_predictor(source: str | Path, device: str, label: str) -> Predictor:
     def logits(x: np.ndarray) -> np.ndarray:  # the one batched forward pass
         return predict_logits(model, torch.from_numpy(x), batch_size=CHUNK).numpy()
 
+    features = _torch_features_fn(model)
     pred = Predictor(logits, _info_from_meta(meta, label, "torch"), dataset=dataset_of(meta),
-                     temperature=temperature_of(meta, label))
+                     temperature=temperature_of(meta, label), features_fn=features,
+                     weights_sha256=meta.get("weights_sha256"))
     pred.model = model  # type: ignore[attr-defined]  # for callers that need the nn.Module
     return pred
+
+
+def _torch_features_fn(model: Any) -> FeaturesFn | None:
+    """Logits and the input of the final linear layer in one forward pass, for a model whose last module
+    is ``nn.Linear`` (a hook that records only while this thread asks for features); else ``None``."""
+    import torch
+
+    from digitlab.models.forward import predict_logits
+
+    last = list(model.children())[-1] if isinstance(model, torch.nn.Sequential) and len(model) else None
+    if not isinstance(last, torch.nn.Linear):
+        return None
+    local = threading.local()
+
+    def record(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        store = getattr(local, "store", None)
+        if store is not None:
+            store.append(args[0].float().cpu())
+
+    last.register_forward_pre_hook(record)
+
+    def features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        local.store = []
+        try:
+            out = predict_logits(model, torch.from_numpy(x), batch_size=CHUNK).numpy()
+            feats = torch.cat(local.store).reshape(x.shape[0], -1).numpy()
+        finally:
+            local.store = None
+        return out, feats
+
+    return features
 
 
 def _onnx_predictor(path: Path, label: str, threads: int | None = None) -> Predictor:
@@ -338,12 +411,24 @@ def _onnx_predictor(path: Path, label: str, threads: int | None = None) -> Predi
     if not (isinstance(names, list) and names and isinstance(digits, bool)):
         names, digits = None, None
 
+    out_names = [o.name for o in session.get_outputs()]
+
     def logits(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([session.run(None, {in_name: x[i:i + CHUNK]})[0]
+        return np.concatenate([session.run(out_names[:1], {in_name: x[i:i + CHUNK]})[0]
                                for i in range(0, x.shape[0], CHUNK)])
 
+    features: FeaturesFn | None = None
+    if FEATURES_OUTPUT in out_names[1:]:  # the shipped copy carries its penultimate-layer features
+        wanted = [out_names[0], FEATURES_OUTPUT]
+
+        def features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            parts = [session.run(wanted, {in_name: x[i:i + CHUNK]}) for i in range(0, x.shape[0], CHUNK)]
+            return (np.concatenate([p[0] for p in parts]),
+                    np.concatenate([np.asarray(p[1]).reshape(p[1].shape[0], -1) for p in parts]))
+
     pred = Predictor(logits, _info_from_meta(meta, label, "onnxruntime"), dataset=dataset_of(meta),
-                     class_names=names, digits=digits, temperature=temperature_of(meta, str(path)))
+                     class_names=names, digits=digits, temperature=temperature_of(meta, str(path)),
+                     features_fn=features, weights_sha256=meta.get("weights_sha256"))
     pred.session = session  # type: ignore[attr-defined]
     return pred
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from digitlab.models._common import KerasFeaturesHead, keras_bn1d, keras_bn2d, keras_init_, l2
-from digitlab.models.ops import Dropout, GlobalAvgPool2d, MaxPool2x2
+from digitlab.models.ops import Dropout, Flatten, GlobalAvgPool2d, MaxPool2x2
 from digitlab.models.registry import AMP_CL, register_model
 
 
@@ -33,7 +33,7 @@ def cnn_simple(num_classes: int = 10, dropout: float = 0.5, width: int = 32) -> 
         nn.Conv2d(1, w1, 3), nn.ReLU(inplace=True), MaxPool2x2(),
         nn.Conv2d(w1, w2, 3), nn.ReLU(inplace=True), MaxPool2x2(),
         nn.Conv2d(w2, w2, 3), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.Linear(w2 * 3 * 3, w2), nn.ReLU(inplace=True), Dropout(dropout),
+        Flatten(), nn.Linear(w2 * 3 * 3, w2), nn.ReLU(inplace=True), Dropout(dropout),
         nn.Linear(w2, num_classes),
     ))
 
@@ -59,7 +59,7 @@ def cnn_deep(num_classes: int = 10, conv_dropout: float = 0.25, dense_dropout: f
     # 28 → 14 → 7 → 3 (Keras' MaxPooling2D floors odd sizes, as MaxPool2d does)
     # notebook 000's dense head: Dense(relu) → BatchNormalization → Dropout
     layers += [
-        nn.Flatten(),
+        Flatten(),
         nn.Linear(128 * 3 * 3, 512), nn.ReLU(inplace=True), keras_bn1d(512), Dropout(dense_dropout),
         nn.Linear(512, 256), nn.ReLU(inplace=True), keras_bn1d(256), Dropout(dense_dropout),
         nn.Linear(256, num_classes),

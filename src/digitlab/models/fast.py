@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from digitlab.models.ops import MaxPool2x2
+from digitlab.models.ops import Flatten, MaxPool2x2
 from digitlab.models.registry import AMP_CL, register_model
 
 
@@ -29,7 +29,7 @@ def fast_cnn(c1: int = 8, c2: int = 32, hidden: int = 64, num_classes: int = 10)
     return nn.Sequential(
         nn.Conv2d(1, c1, 5, bias=False), MaxPool2x2(), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
         nn.Conv2d(c1, c2, 5, bias=False), MaxPool2x2(), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.Linear(c2 * 16, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes),
+        Flatten(), nn.Linear(c2 * 16, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes),
     )
 
 
@@ -49,5 +49,5 @@ def best_cnn(width: int = 32, dropout: float = 0.2, kernel_size: int = 3, num_cl
         *_conv_bn(1, w, k), *_conv_bn(w, w, k), MaxPool2x2(),
         *_conv_bn(w, 2 * w, k), *_conv_bn(2 * w, 2 * w, k), MaxPool2x2(),
         *_conv_bn(2 * w, 4 * w, k), MaxPool2x2(),
-        nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w * 9, num_classes),
+        Flatten(), nn.Dropout(dropout), nn.Linear(4 * w * 9, num_classes),
     )

@@ -2,8 +2,9 @@
 
 :class:`MaxPool2x2` (below), :class:`Dropout` (a cheaper mask draw: same distribution, scaling and
 gradient as ``nn.Dropout``), :class:`GlobalAvgPool2d` (``nn.AdaptiveAvgPool2d(1)`` whose gradient keeps
-the input's memory format) and :class:`Float32Conv2d`. :func:`plain_copy` turns a model back into
-textbook layers (the plain loop of ``digitlab bench zoo``); ``scripts/measure_speed_options.py`` times each.
+the input's memory format), :class:`Flatten` (the same for ``nn.Flatten``) and :class:`Float32Conv2d`.
+:func:`plain_copy` turns a model back into textbook layers (the plain loop of ``digitlab bench zoo``);
+``scripts/measure_speed_options.py`` times each.
 
 ``MaxPool2x2`` is ``nn.MaxPool2d(2)`` (kernel 2, stride 2, odd sizes floored).
 PyTorch's CPU kernel for contiguous NCHW tensors spends much of its time on
@@ -241,12 +242,50 @@ class GlobalAvgPool2d(nn.AdaptiveAvgPool2d):
         return global_avg_pool(x)
 
 
+class _FlattenFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.flatten(1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.reshape(ctx.shape).contiguous(memory_format=torch.channels_last)
+
+
+def flatten(x: torch.Tensor) -> torch.Tensor:
+    """``x.flatten(1)`` whose gradient keeps a channels-last input's memory format (see :class:`Flatten`)."""
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if (not channels_last or not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling()
+            or torch.jit.is_tracing() or torch.jit.is_scripting()):
+        return x.flatten(1)
+    return _FlattenFunction.apply(x)
+
+
+class Flatten(nn.Flatten):
+    """``nn.Flatten()`` (dims 1..-1, the usual CHW order) whose backward hands a channels-last input its gradient
+    channels-last.
+
+    Flattening a channels-last ``N×C×H×W`` map copies it into CHW order (what the next ``Linear`` expects);
+    the gradient comes back as a plain ``N×C×H×W`` view, and every layer before (ReLU, BatchNorm, pooling
+    backward) then runs on mixed layouts, their slow path: at fast-cnn's ``256×32×4×4`` (bf16, 2 threads)
+    BN → ReLU → flatten → Linear, forward and backward, took ~0.8 ms instead of ~0.5 ms with the one small
+    layout copy here.
+    Same values and gradient values as ``nn.Flatten``; other dims fall back to it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.start_dim == 1 and self.end_dim == -1:
+            return flatten(x)
+        return super().forward(x)
+
+
 def plain_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in textbook PyTorch form: same architecture, weights and state-dict keys.
 
     ``MaxPool2x2`` becomes ``nn.MaxPool2d(2)``, :class:`Dropout` ``nn.Dropout``,
-    :class:`GlobalAvgPool2d` ``nn.AdaptiveAvgPool2d(1)``, ``Float32Conv2d`` a plain ``nn.Conv2d``
-    (so it follows autocast like any conv) and every module with an ``inplace`` flag
+    :class:`GlobalAvgPool2d` ``nn.AdaptiveAvgPool2d(1)``, :class:`Flatten` ``nn.Flatten``, ``Float32Conv2d``
+    a plain ``nn.Conv2d`` (so it follows autocast like any conv) and every module with an ``inplace`` flag
     (``nn.ReLU``, the residual blocks' in-place add) computes out of place. In float32
     the copy computes what ``model`` computes; ``digitlab bench zoo`` trains it as the
     plain loop's network and the tests compare the two.
@@ -260,6 +299,8 @@ def plain_copy(model: nn.Module) -> nn.Module:
                 setattr(parent, child_name, nn.MaxPool2d(2))
             elif isinstance(child, GlobalAvgPool2d):
                 setattr(parent, child_name, nn.AdaptiveAvgPool2d(1))
+            elif isinstance(child, Flatten):
+                setattr(parent, child_name, nn.Flatten(child.start_dim, child.end_dim))
             elif isinstance(child, Dropout):
                 setattr(parent, child_name, nn.Dropout(child.p, inplace=child.inplace))
             elif isinstance(child, Float32Conv2d):

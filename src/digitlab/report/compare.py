@@ -104,13 +104,15 @@ def evaluate_source(source: str | os.PathLike[str], images: torch.Tensor, labels
 
 
 def measure_speeds(evals: list[RunEvaluation], models: dict[str, torch.nn.Module], images: torch.Tensor, *,
-                   repeats: int = 30, rounds: int = 5) -> None:
+                   repeats: int = 30, rounds: int = 5, batch_size: int = 1000) -> None:
     """Time every model in interleaved rounds (:func:`measure_speed`) and attach the profiles
-    to the evaluations (keyed by run name; runs missing from ``models`` are left untimed)."""
+    to the evaluations (keyed by run name; runs missing from ``models`` are left untimed).
+    Throughput is measured at ``batch_size`` images per call."""
     if repeats < 1 or not models:
         return
-    profiles = measure_speed(models, images[:1000], repeats=repeats, rounds=min(rounds, repeats),
-                             warmup=min(5, repeats), batch_size=min(1000, images.shape[0]))
+    batch_size = min(batch_size, images.shape[0])
+    profiles = measure_speed(models, images[:batch_size], repeats=repeats, rounds=min(rounds, repeats),
+                             warmup=min(5, repeats), batch_size=batch_size)
     for ev in evals:
         if ev.name in profiles:
             ev.speed = profiles[ev.name]

@@ -115,6 +115,8 @@ class StudyPreset:
     """How many of the most accurate models get error and sensitivity analysis."""
     speed_repeats: int = 30
     """Batch-1 latency calls per model, spread over 5 interleaved rounds."""
+    throughput_images: int = 1000
+    """Batch size of the throughput measurement (one call per round)."""
     n_boot: int = 1000
 
 
@@ -123,13 +125,14 @@ PRESETS: dict[str, StudyPreset] = {
         "smoke", "seconds: 4 small models × 2 seeds at 2 s each on 4,000 training images (used by the tests)",
         models=("mlp-basic-128", "mlp-128-64", "cnn-simple", "logreg"), seeds=2, budgets=("2s",),
         overrides={"*": {**BUDGET_OVERRIDES, "val_max_images": 300}}, train_limit=4000, analysis_images=300,
-        corruption_images=300, detail_models=2, speed_repeats=5, n_boot=200,
+        corruption_images=300, detail_models=2, speed_repeats=5, throughput_images=300, n_boot=200,
     ),
     "quick": StudyPreset(
         "quick", "the whole zoo (15 models) at one equal budget of 8 s of training per run, 2 seeds: "
                  "4 minutes of training (15 models × 2 seeds × 8 s), plus evaluation",
         models=ZOO, seeds=2, budgets=("8s",), overrides={"*": dict(BUDGET_OVERRIDES)},
-        analysis_images=300, corruption_images=300, detail_models=3, speed_repeats=20, n_boot=1000,
+        analysis_images=300, corruption_images=300, detail_models=3, speed_repeats=20, throughput_images=500,
+        n_boot=1000,
     ),
     "standard": StudyPreset(
         "standard", "the whole zoo at three budgets (15 s, 60 s, 240 s per run), 1 seed: accuracy-vs-budget "
@@ -369,7 +372,8 @@ class Study:
                     timed[key] = models[ev.name]
             log(f"time {len(timed)} models in interleaved rounds", self.quiet)
             stand_in = [replace(ev, name=row_key(ev)) for ev in evals]
-            measure_speeds(stand_in, timed, ds.test_images, repeats=self.preset.speed_repeats)
+            measure_speeds(stand_in, timed, ds.test_images, repeats=self.preset.speed_repeats,
+                           batch_size=self.preset.throughput_images)
             profiles = {ev.name: ev.speed for ev in stand_in if ev.speed is not None}
             write_json_atomic(cache, {k: v.to_dict() for k, v in profiles.items()})
         for ev in evals:
@@ -629,8 +633,9 @@ def build_report(study: Study, ds: Any, explore: dict[str, Any], evals: list[Run
     s.text(f"Accuracy in %, on the {comparison.n_test:,} test images (mean over seeds); CI: bootstrap 95% interval "
            f"of the first seed ({preset.n_boot:,} resamples). train s: seconds spent in optimizer steps "
            f"(validation excluded). Latency: batch 1 on {machine['cpu'] or 'this CPU'}, median over 5 interleaved "
-           f"rounds of {preset.speed_repeats} calls in total, with the lowest and highest round. Click a header "
-           f"to sort.", note=True)
+           f"rounds of {preset.speed_repeats} calls in total, with the lowest and highest round. Images/s: "
+           f"throughput at batch {preset.throughput_images:,}, median over the rounds. Click a header to sort.",
+           note=True)
 
     # --- 4. figures ------------------------------------------------------------------------------------
     s = rep.section("figures", "Accuracy vs budget and vs latency")
@@ -1023,7 +1028,8 @@ def _run(study: Study, preset: StudyPreset, settings: StudySettings, out: Path, 
         comparisons[label] = compare_evaluations(members, n_boot=preset.n_boot)
     main = max(labels, key=lambda b: _budget_order(b))
     main_evals = [e for e in evals if e.reference or (e.budget or "recipe") == main]
-    analysis = study.analyse(ds, main_evals, loaded, comparisons[main])
+    with torch_threads(MACHINE_THREADS):  # nothing in the analysis is timed: use every core
+        analysis = study.analyse(ds, main_evals, loaded, comparisons[main])
     study.step_done("analyse", time.perf_counter() - t)
     log("step 5/5: write the report", quiet)
     wall = elapsed_before + time.perf_counter() - t0

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import gc
 import hmac
 import json
 import os
@@ -61,7 +62,7 @@ from digitlab.inference.predictor import Predictor
 from digitlab.inference.preprocess import MAX_IMAGE_PIXELS, ImageTooLargeError, load_image
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "SETTINGS_ENV", "STATIC_DIR", "ServeSettings", "app_from_env",
-           "create_app"]
+           "create_app", "settle_heap"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 DEFAULT_MAX_DECODES = 2
@@ -219,9 +220,22 @@ def app_from_env() -> FastAPI:
     if not text:
         raise ConfigError(f"${SETTINGS_ENV} is not set: start the server with `digitlab serve`")
     s = ServeSettings.from_json(text)
-    return create_app(load_serving_predictor(s.model, s.device), max_upload_bytes=s.max_upload_bytes,
-                      max_image_pixels=s.max_image_pixels, max_decodes=s.max_decodes,
-                      body_timeout=s.body_timeout, api_token=s.api_token, allowed_hosts=s.allowed_hosts)
+    app = create_app(load_serving_predictor(s.model, s.device), max_upload_bytes=s.max_upload_bytes,
+                     max_image_pixels=s.max_image_pixels, max_decodes=s.max_decodes,
+                     body_timeout=s.body_timeout, api_token=s.api_token, allowed_hosts=s.allowed_hosts)
+    settle_heap()
+    return app
+
+
+def settle_heap() -> None:
+    """Once a server process has loaded everything: exempt what it holds from Python's cyclic GC.
+
+    The libraries and model (~75,000 objects) would otherwise be scanned by every full collection
+    (one every few thousand requests): a pause of 30-100 ms for all requests in flight. Objects made
+    later (the requests') are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],

@@ -83,18 +83,50 @@ class FitResult:
     """Part of ``train_seconds`` spent validating."""
 
 
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def _fused_ok(params: list[nn.Parameter]) -> bool:
+    """Whether torch's fused optimizer kernels take ``params`` (float tensors on one CPU/CUDA device type)."""
+    return bool(params) and all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in params) \
+        and len({p.device.type for p in params}) == 1
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The config's optimiser over the model's trainable parameters.
+
+    Adam, AdamW and SGD use torch's fused kernels (``fused=True``: the same update rule in one multi-tensor
+    kernel per step instead of ~8 small operations and a host sync per parameter on CPU, where torch's default
+    is the per-parameter loop), Adadelta the multi-tensor ``foreach`` form. Same updates up to floating-point
+    rounding; on a busy 2-core CPU the per-parameter loop measured 2-8% of se-cnn's training step (1 and 2
+    threads; it is ~230 of the step's ~600 dispatched operations).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = {"fused": True} if _fused_ok(params) else {}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adadelta":
-        return torch.optim.Adadelta(params, lr=cfg.lr, rho=cfg.rho, weight_decay=cfg.weight_decay)
+        return torch.optim.Adadelta(params, lr=cfg.lr, rho=cfg.rho, weight_decay=cfg.weight_decay,
+                                    foreach=bool(fused))
     raise ValueError(cfg.optimizer)
+
+
+def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (Adam's moments, momentum buffers) its parameter's strides.
+
+    Saved state is stored contiguous; a channels-last model's parameters are not. The per-parameter
+    optimizers index elementwise, but the fused kernels walk memory in order and would pair each
+    moment with the wrong weight."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def default_callbacks(cfg: TrainConfig) -> list[Callback]:
@@ -237,6 +269,7 @@ class Trainer:
         self.raw_model.load_state_dict(model_state)
         if self.optimizer is not None and state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+            _lay_out_like_params(self.optimizer)
         self.state = TrainState(**state["train_state"])
         for cb in self.callbacks:
             if cb.name in state.get("callbacks", {}):
@@ -286,6 +319,10 @@ class Trainer:
             self.raw_model.to(self.device)
         if not self.uses_gradient:
             return self._fit_estimator()
+        if self.channels_last:  # again: a previous fit() handed the model back in the usual layout
+            self.raw_model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        assert self.optimizer is not None, "gradient models have an optimizer"
+        _lay_out_like_params(self.optimizer)
         self.emit("fit_start")
         try:
             while (self.state.epoch < cfg.epochs and not self.state.finished

@@ -87,7 +87,9 @@ def remove_stale_temp_files(run_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def _fit_calibration(model: torch.nn.Module, val: Any, batch_size: int) -> TemperatureFit | None:
-    """Temperature scaling fitted on the validation split (one forward pass over it).
+    """Temperature scaling fitted on the validation images the run validates on (one forward pass:
+    the whole validation split, or its first ``val_max_images``; one scalar is well determined by a
+    thousand images, and a big net's pass over all of them would cost a budgeted run more than its training).
 
     ``None`` when there is no validation split or the model is not gradient-trained
     (the scikit-learn-style baselines output probabilities of their own).
@@ -202,7 +204,7 @@ def _train_run(config: TrainConfig | None, out: str | os.PathLike[str] | None, *
     total_seconds = time.perf_counter() - t0
 
     model = trainer.raw_model.eval()
-    calibration = _fit_calibration(model, splits.val, config.eval_batch_size)
+    calibration = _fit_calibration(model, trainer.val_split, config.eval_batch_size)
     test = (evaluate_split(model, splits.test.to(device), config.eval_batch_size) if evaluate_test
             else {"accuracy": None, "loss": None})
     last = result.history[-1] if result.history else {}
