@@ -322,6 +322,14 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
 
+    async def _off_the_loop(request: Request, work: Callable[..., dict[str, Any]]) -> Response:
+        """Read the body on the event loop, then decode, preprocess and predict in the thread pool."""
+        t0 = time.perf_counter()
+        ctype, body = await _receive(request, max_body, body_timeout)
+        return await asyncio.get_running_loop().run_in_executor(
+            workers, _answer, work, predictor, ctype, body, max_upload_bytes, max_image_pixels,
+            decode_slots, model_name, t0)
+
     @app.get("/api/health", response_model=HealthResponse, responses=_OPEN_ERRORS, summary="liveness check")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": model_name, "version": __version__}
@@ -334,20 +342,12 @@ def create_app(predictor: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
     @app.post("/api/predict", response_model=PredictResponse, responses=_ERRORS,
               openapi_extra={"requestBody": _PREDICT_BODY}, summary="classify one digit")
     async def predict(request: Request) -> Response:
-        t0 = time.perf_counter()
-        ctype, body = await _receive(request, max_body, body_timeout)
-        return await asyncio.get_running_loop().run_in_executor(
-            workers, _answer, _predict_body, predictor, ctype, body, max_upload_bytes, max_image_pixels,
-            decode_slots, model_name, t0)
+        return await _off_the_loop(request, _predict_body)
 
     @app.post("/api/number", response_model=NumberResponse, responses=_ERRORS,
               openapi_extra={"requestBody": _NUMBER_BODY}, summary="read a number of several digits")
     async def number(request: Request) -> Response:
-        t0 = time.perf_counter()
-        ctype, body = await _receive(request, max_body, body_timeout)
-        return await asyncio.get_running_loop().run_in_executor(
-            workers, _answer, _number_body, predictor, ctype, body, max_upload_bytes, max_image_pixels,
-            decode_slots, model_name, t0)
+        return await _off_the_loop(request, _number_body)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
