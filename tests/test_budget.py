@@ -10,7 +10,7 @@ import yaml
 from digitlab.data import Dataset
 from digitlab.errors import ConfigError
 from digitlab.train import TrainConfig, train_run
-from digitlab.train.budget import Budget, parse_budget, plan_budget, plan_fixed
+from digitlab.train.budget import Budget, parse_budget, plan_budget, plan_fixed, step_time
 
 #: Allowed deviation of a run's training time from its time budget in this test. The study's own alert
 #: uses ±15%; the test machine is shared with other jobs, so the check here is looser but still real.
@@ -47,6 +47,21 @@ def test_images_and_epochs_budgets_fix_the_step_count():
     p = plan_fixed(cfg, parse_budget("1.5epochs"), train_count=10_000)
     assert p.steps == 150 and p.changes["epochs"] == 2 and p.changes["budget"] == "1.5epochs"
     assert 1 <= p.changes["eval_every_steps"] <= p.steps  # learning-curve points within the run
+
+
+def test_step_time_ignores_a_window_another_process_slowed():
+    """A burst of load during a fifth of the warm-up must not move the estimate; steady slow steps
+    (every tenth step twice as slow) must count, or every run would overshoot its budget."""
+    steady = [0.0]
+    for i in range(500):
+        steady.append(steady[-1] + (0.002 if i % 10 == 0 else 0.001))
+    assert step_time(steady) == pytest.approx(0.0011)
+    burst = [0.0]
+    for i in range(500):
+        burst.append(burst[-1] + (0.003 if 100 <= i < 200 else 0.001))
+    assert step_time(burst) == pytest.approx(0.001)
+    assert (burst[-1] - burst[0]) / 500 == pytest.approx(0.0014)  # what the plain mean said
+    assert step_time([0.0, 0.5, 1.0]) == pytest.approx(0.5)  # too few steps to split: the mean
 
 
 def test_equal_time_budget(small, tmp_path):

@@ -46,6 +46,8 @@ EVAL_POINTS = 8
 #: Share of a time budget that validation may add on top of it at most (validation is measurement,
 #: not training: a time budget counts the seconds spent in optimizer steps).
 EVAL_SHARE = 0.3
+#: Windows the warm-up's step times are split into; the step time is the median of their means.
+WARMUP_CHUNKS = 5
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,25 @@ def plan_budget(cfg: TrainConfig, budget: Budget | str, dataset: Any, *, device:
     return plan_time(cfg, budget, dataset, device=device, warmup_seconds=warmup_seconds)
 
 
+def step_time(stamps: list[float], chunks: int = WARMUP_CHUNKS) -> float:
+    """Seconds per step from the step-end times ``stamps``: the median over ``chunks`` consecutive
+    windows of each window's mean step time.
+
+    Within a window the mean keeps the slow steps a run really has (the run's total is steps × the
+    mean, so dropping slow steps would make every run overshoot); the median across windows drops a
+    window that another process on the machine slowed down, which for cheap (~1 ms) steps moved a
+    1.5 s warm-up's estimate by more than 15%.
+    """
+    steps = len(stamps) - 1
+    if steps < 1:
+        raise ValueError("need at least two step times")
+    k = max(1, min(chunks, steps // 10))  # at least 10 steps per window
+    bounds = [round(i * steps / k) for i in range(k + 1)]
+    means = sorted((stamps[b] - stamps[a]) / (b - a) for a, b in zip(bounds, bounds[1:]))
+    mid = len(means) // 2
+    return means[mid] if len(means) % 2 else 0.5 * (means[mid - 1] + means[mid])
+
+
 def plan_time(cfg: TrainConfig, budget: Budget, dataset: Any, *, device: str | None = None,
               warmup_seconds: float | None = None) -> BudgetPlan:
     """Measure seconds per step and per validation, then the step count that fills ``budget``.
@@ -214,9 +235,7 @@ def plan_time(cfg: TrainConfig, budget: Budget, dataset: Any, *, device: str | N
             t_val = time.perf_counter() - v0
     if len(stamps) < 5:
         raise ConfigError(f"{cfg.model}: could not time the warm-up (only {len(stamps)} steps)")
-    # the mean step time of the timed window: the run's total is steps × the mean, so any trimming
-    # (dropping slow steps) would make every run overshoot its budget
-    t_step = (stamps[-1] - stamps[3]) / (len(stamps) - 4)
+    t_step = step_time(stamps[3:])
     spe = steps_per_epoch(len(splits.train), cfg.batch_size)
     # validations: EVAL_POINTS points, fewer when they would add more than EVAL_SHARE of the budget
     points = EVAL_POINTS
@@ -275,4 +294,4 @@ def plan_baseline(cfg: TrainConfig, budget: Budget, dataset: Any) -> BudgetPlan:
 
 
 __all__ = ["BASELINE_KNOBS", "Budget", "BudgetPlan", "parse_budget", "plan_baseline", "plan_budget",
-           "plan_fixed", "plan_time", "steps_per_epoch"]
+           "plan_fixed", "plan_time", "step_time", "steps_per_epoch"]
