@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -265,6 +266,31 @@ def render_study(r: dict[str, Any]) -> str:
             + ("\n\nAlerts:\n\n" + "\n".join(alerts) if alerts else ""))
 
 
+def render_study_budgets(r: dict[str, Any]) -> str:
+    """A study at several budgets: test accuracy (mean over seeds) and rank of every model at each budget."""
+    budgets = list(r["by_budget"])
+    rows: dict[str, dict[str, tuple[float, int, int | None]]] = {}
+    for b in budgets:
+        trained = [m for m in r["by_budget"][b] if not m.get("reference")]
+        ranked = sorted(trained, key=lambda m: -m["accuracy_mean"])
+        for rank, m in enumerate(ranked, 1):
+            rows.setdefault(m["model"], {})[b] = (m["accuracy_mean"], rank, m.get("steps"))
+    last = budgets[-1]
+    order = sorted(rows, key=lambda name: rows[name].get(last, (0.0, 99, None))[1])
+    head = ("| model | " + " | ".join(f"{b}: accuracy (rank, steps)" for b in budgets) + " |\n|---|"
+            + "---|" * len(budgets) + "\n")
+    lines = []
+    for name in order:
+        cells = []
+        for b in budgets:
+            acc, rank, steps = rows[name].get(b, (float("nan"), 0, None))
+            cells.append(f"{_pct(acc)} ({rank}, {steps:,} steps)" if steps else f"{_pct(acc)} ({rank})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    seeds = next((len(m["seeds"]) for m in r["models"] if not m.get("reference")), 1)
+    return (f"Budgets {', '.join(budgets)} of training per run, {seeds} seed(s); wall time of the whole study "
+            f"**{r['wall_seconds'] / 60:.0f} min**.{_load(r)}\n\n" + head + "\n".join(lines))
+
+
 def render_finetune(r: dict[str, Any]) -> str:
     rows = [f"| {name} | {_pct(v['accuracy_mean'])} ± {_pct(v['accuracy_std'])} | {v['train_seconds_median']:.1f} s |"
             for name, v in r["variants"].items()]
@@ -374,6 +400,8 @@ FIGURES: dict[str, Figure] = {
     "data_loading": Figure(f"{PYTHON} scripts/measure_data.py --json", render_data),
     "bench_fast_vs_plain": Figure(f"{DIGITLAB} bench fast --seeds 5 --vs plain --json --quiet", render_bench_vs),
     "study_quick": Figure(f"{DIGITLAB} study --preset quick --out {{tmp}}/quick --json --quiet", render_study),
+    "study_standard": Figure(f"{DIGITLAB} study --preset standard --out {{tmp}}/standard --json --quiet",
+                             render_study_budgets),
     "study_rank_agreement": Figure(f"{PYTHON} scripts/measure_study.py --out {{tmp}}/studies "
                                    "--results {tmp}/agreement.json --json", render_rank_agreement),
     "bench_zoo": Figure(f"{DIGITLAB} bench zoo --json --quiet", render_zoo),
@@ -426,6 +454,7 @@ def measure(names: list[str]) -> None:
         with tempfile.TemporaryDirectory(prefix="digitlab-figure-") as tmp:
             cmd = fig.command.replace("{tmp}", tmp)
             print(f"== {name}: {cmd}", file=sys.stderr, flush=True)
+            load_start = os.getloadavg()[0]
             t0 = time.perf_counter()
             out = subprocess.run(shlex.split(cmd), cwd=ROOT, stdout=subprocess.PIPE, check=True, text=True).stdout
             wall = time.perf_counter() - t0
@@ -436,6 +465,8 @@ def measure(names: list[str]) -> None:
                 tmp_target.write_bytes((Path(tmp) / produced).read_bytes())
                 tmp_target.replace(target)
         result = json.loads(out)
+        if isinstance(result, dict):  # how busy the machine was, for the figures that show it
+            result.setdefault("load_average_1min", {"start": load_start, "end": os.getloadavg()[0]})
         record = {"command": shown_command(name), "wall_seconds": wall, "result": result}
         tmp_path = RESULTS / f".{name}.json.tmp"
         tmp_path.write_text(json.dumps(record, indent=1) + "\n")

@@ -94,7 +94,9 @@ def run_study_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"out": args.out, "wall_seconds": data["wall_seconds"], "budget": data["main_budget"],
                           "models": comp["models"], "recommendations": comp["recommendations"],
-                          "alerts": data["alerts"]}))
+                          "alerts": data["alerts"],
+                          # one comparison per budget when the study has several (accuracy vs budget)
+                          "by_budget": {b: c["models"] for b, c in (data["comparisons_by_budget"] or {}).items()}}))
         return 0
     refs = sum(1 for m in comp["models"] if m["reference"])
     print(f"study {args.out}: {len(comp['models']) - refs} models at {data['main_budget']} per run"
