@@ -21,6 +21,7 @@ they fit as configured, and say so.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
@@ -186,7 +187,7 @@ def step_time(stamps: list[float], chunks: int = WARMUP_CHUNKS) -> float:
         raise ValueError("need at least two step times")
     k = max(1, min(chunks, steps // 10))  # at least 10 steps per window
     bounds = [round(i * steps / k) for i in range(k + 1)]
-    means = sorted((stamps[b] - stamps[a]) / (b - a) for a, b in zip(bounds, bounds[1:]))
+    means = sorted((stamps[b] - stamps[a]) / (b - a) for a, b in itertools.pairwise(bounds))
     mid = len(means) // 2
     return means[mid] if len(means) % 2 else 0.5 * (means[mid - 1] + means[mid])
 
