@@ -88,8 +88,8 @@ LOWER = "acdefhkmnprtuvwxy"
 """Lower-case letters drawn (b g i j l o q s z look like digits)."""
 SYMBOLS = "#%@*+=<>"
 """Other marks drawn."""
-FASHION_FILE = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-"""Fashion-MNIST training images (optional extra negatives; left out when missing)."""
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Fashion-MNIST (Debian's ``dataset-fashion-mnist``): its training images are optional extra negatives."""
 SIZE_STEP = 8
 """Font sizes are rounded to this many pixels so loaded fonts can be reused."""
 
@@ -371,11 +371,13 @@ def _training_preprocessed(train: Any, n_digits: int, n_other: int, seed: int, c
         return got
     fonts = require_fonts()
     fashion = None
-    if FASHION_FILE.is_file():
-        import gzip
+    try:  # the Debian copy through digitlab's own (verified) reader; no download
+        from digitlab.data import load_dataset
+        from digitlab.errors import DigitlabError
 
-        with gzip.open(FASHION_FILE) as fh:
-            fashion = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+        fashion = load_dataset("fashion-mnist", FASHION_DIR, download=False, progress=False).train_images.numpy()
+    except DigitlabError:
+        pass
     pictures, odd, kinds = training_pictures(train.images.numpy(), n_digits, n_other, seed, fonts, fashion)
     out = {"pre": np.stack([to_mnist(p) for p in pictures]), "answers": np.where(odd, -1, 0),
            "kinds": np.asarray(kinds), "sets": np.asarray(["training"] * len(kinds))}
@@ -631,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     if detector is not None:
         result["detector"] = {"hidden": args.hidden, "train_seed": args.train_seed,
                               "train_digits": args.train_digits, "train_other": args.train_other,
-                              "fonts": list(FONT_FILES), "fashion_mnist": FASHION_FILE.is_file()}
+                              "fonts": list(FONT_FILES),
+                              "fashion_mnist": (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()}
         result["distance_rule_alone"] = {"rule": asdict(distance_rule),
                                          "chosen_on": figures(ev, _refused(ev, distance_rule, None))}
     result["pixel_rule_chosen_on"] = figures(ev, ev.pixel_rule)
