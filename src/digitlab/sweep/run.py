@@ -578,6 +578,10 @@ def _score_best(space: SearchSpace, best: Any, ctx: _Context, out: Path, notes: 
         notes.append(f"{run_dir} exists without a finished run (another worker is scoring it, or it was "
                      "interrupted: delete it and re-run to score the test set)")
         return None
+    try:  # claim the folder atomically: train_run accepts an empty one, so two workers could both train
+        run_dir.mkdir(parents=True)
+    except FileExistsError:  # another worker claimed it first: wait for its score
+        return _score_best(space, best, ctx, out, notes)
     if ctx.options.progress:
         print(f"sweep: retraining best trial {number} into {run_dir} to score the test set once",
               file=sys.stderr, flush=True)
