@@ -30,7 +30,9 @@ regular files (a FIFO would block the reader forever). Large palette images are
 reduced strip by strip, so a small PNG that declares a huge canvas costs little
 memory beyond its decoded 1-byte-per-pixel form.
 
-Everything is vectorised numpy / scipy.ndimage / Pillow; no per-pixel Python.
+Everything is vectorised numpy / Pillow (the few ``scipy.ndimage`` operations needed are re-done in
+:mod:`digitlab.inference.imageops`: importing scipy.ndimage would double ``predict``'s start-up);
+no per-pixel Python.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ import io
 import os
 import stat
 import warnings
-from typing import BinaryIO, Union
+from typing import BinaryIO, Union, cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy import ndimage
 
 from digitlab.errors import ImageError
+from digitlab.inference import imageops
 
 __all__ = [
     "ALLOWED_FORMATS", "MAX_IMAGE_PIXELS", "ImageSource", "ImageTooLargeError", "fit_picture", "ink_map",
@@ -381,16 +383,16 @@ def _flat_field(lum: np.ndarray, invert: bool) -> np.ndarray | None:
         f = max(1, min(4, min(lum.shape) // 64))
         small = lum[: lum.shape[0] // f * f, : lum.shape[1] // f * f]
         small = small.reshape(small.shape[0] // f, f, small.shape[1] // f, f).mean(axis=(1, 3))
-        level = ndimage.grey_closing(small, size=(max(3, win // f),) * 2)
+        level = imageops.grey_closing(small, (max(3, win // f),) * 2)
     else:
         f = 1
-        level = ndimage.grey_opening(lum, size=(win, win))
+        level = imageops.grey_opening(lum, (win, win))
     lo, hi = np.percentile(level, [5, 95])
     if hi - lo < 0.1:
         return None
     if f > 1:
         zoom = (lum.shape[0] / level.shape[0], lum.shape[1] / level.shape[1])
-        level = ndimage.zoom(level, zoom, order=1, mode="nearest", grid_mode=True)
+        level = imageops.zoom_linear(level, zoom)
     if invert:
         return 1.0 - lum / np.maximum(level, 1e-3)
     return lum - level
@@ -509,14 +511,14 @@ def _peak_contrast(x: np.ndarray) -> float:
     pad = 2 * int(2.0 * BLANK_BLUR + 0.5) + 1
     r0, r1, c0, c1 = box
     win = x[max(0, r0 - pad):r1 + pad, max(0, c0 - pad):c1 + pad]
-    return float(ndimage.gaussian_filter(win, BLANK_BLUR, truncate=2.0).max())
+    return float(imageops.gaussian_filter(win, BLANK_BLUR, truncate=2.0).max())
 
 
 def _remove_specks(x: np.ndarray, rel_area: float = 0.05, speck_strokes: float = 0.0) -> np.ndarray:
     """Zero everything but the neighbourhood of sizeable connected ink components: at least ``rel_area`` of
     the largest one, and at least ``speck_strokes`` squares of its stroke width."""
     mask = x > 0.5
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    labels, n = imageops.label(mask, connectivity=8)
     if n == 0:
         return np.zeros_like(x)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
@@ -534,7 +536,7 @@ def _remove_specks(x: np.ndarray, rel_area: float = 0.05, speck_strokes: float =
         # SPECK_STROKES widths long (a dot, a texture speck) is no stroke, however small the largest
         # blob is; measured on the largest component's own window
         largest = int(np.argmax(areas))
-        window = ndimage.find_objects(labels, max_label=largest + 1)[largest]
+        window = imageops.find_objects(labels, max_label=largest + 1)[largest]
         if window is not None:
             width = _stroke_width(labels[window] == largest + 1)
             kept &= areas >= speck_strokes * width * width
@@ -549,9 +551,9 @@ def _remove_specks(x: np.ndarray, rel_area: float = 0.05, speck_strokes: float =
     radius = _stroke_width(keep_win) / 2 + 1.5
     m = int(np.ceil(radius)) + 1
     win = (slice(max(0, r0 - m), r1 + m), slice(max(0, c0 - m), c1 + m))
-    sub = x[win] * (ndimage.distance_transform_edt(~keep[win]) <= radius)
+    sub = x[win] * imageops.disk_dilation(keep[win], radius)  # within radius of a kept pixel
     # ...but only the faint pixels attached to a kept stroke, not a speck that happens to be close
-    faint, n_faint = ndimage.label(sub > 0, structure=np.ones((3, 3), bool))
+    faint, n_faint = imageops.label(sub > 0, connectivity=8)
     attached = np.zeros(n_faint + 1, bool)
     attached[faint[keep[win]]] = True
     attached[0] = False
@@ -565,7 +567,7 @@ def _stroke_width(mask: np.ndarray) -> float:
     area = int(mask.sum())
     if area == 0:
         return 0.0
-    perimeter = int((mask & ~ndimage.binary_erosion(mask, border_value=0)).sum())
+    perimeter = int((mask & ~imageops.binary_erosion(mask)).sum())
     return 2.0 * area / max(perimeter, 1)
 
 
@@ -590,7 +592,7 @@ def _thicken(crop: np.ndarray) -> np.ndarray:
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
     disk = (yy ** 2 + xx ** 2) <= radius ** 2 + 0.5
     padded = np.pad(crop, r)
-    return ndimage.grey_dilation(padded, footprint=disk)
+    return imageops.grey_dilation(padded, disk)
 
 
 def _fit_and_centre(ink: np.ndarray) -> np.ndarray:
@@ -678,11 +680,11 @@ def split_digit_boxes(image: ImageSource, *, invert: bool | None = None, max_pix
     """
     img = image if isinstance(image, Image.Image) else load_image(image, max_pixels=max_pixels)
     ink = ink_map(img, invert=invert, max_pixels=max_pixels)
-    labels, n = ndimage.label(ink > 0, structure=np.ones((3, 3), bool))
+    labels, n = imageops.label(ink > 0, connectivity=8)
     if n == 0:
         return []
-    slices = ndimage.find_objects(labels)
-    mass = ndimage.sum_labels(ink, labels, index=np.arange(1, n + 1))
+    slices = cast("list[tuple[slice, ...]]", imageops.find_objects(labels))  # labels 1..n all occur
+    mass = imageops.sum_labels(ink, labels, np.arange(1, n + 1))
     # ignore faint fragments (well below the biggest digit's ink mass)
     order = [i for i in np.argsort([s[1].start for s in slices]) if mass[i] >= 0.03 * mass.max()]
     groups: list[tuple[int, int, list[int]]] = []  # (x0, x1, component ids)

@@ -406,10 +406,10 @@ def not_a_digit_scores(shape: ShapeModel, images: np.ndarray, probs: np.ndarray,
 
 def enclosed_regions(image: np.ndarray) -> int:
     """Number of background regions (4-connected) the ink (pixels > 127) of a 28×28 image encloses."""
-    from scipy import ndimage
+    from digitlab.inference.imageops import label  # numpy only: scipy.ndimage is slow to import
 
     ink = image > 127
-    background, n = ndimage.label(~ink)
+    background, n = label(~ink)
     if n == 0:
         return 0
     edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
