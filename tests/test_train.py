@@ -194,6 +194,18 @@ def test_run_directory_contents_and_checkpoint_round_trip(small, tmp_path):
         train_run(cfg, run, progress=False, dataset=small)
 
 
+def test_epoch_train_metrics_are_per_epoch_with_a_run_directory(small, tmp_path):
+    """Each epoch's train_loss/train_accuracy is that epoch's mean, with or without a run directory (the
+    epoch-end save once carried one epoch's running sums into the next)."""
+    cfg = TrainConfig(model="mlp-basic-128", epochs=3, batch_size=256, tensorboard=False, threads=1)
+    saved = train_run(cfg, tmp_path / "run", progress=False, dataset=small, evaluate_test=False)
+    memory = train_run(cfg, None, progress=False, dataset=small, evaluate_test=False)
+    for key in ("train_loss", "train_accuracy"):
+        assert [h[key] for h in saved.fit.history] == pytest.approx([h[key] for h in memory.fit.history], rel=1e-9)
+    losses = [h["train_loss"] for h in saved.fit.history]
+    assert losses[2] < 0.8 * losses[1]  # a later epoch's mean, not a mean over the run that includes epoch 1
+
+
 # --- resume ------------------------------------------------------------------------
 
 def _resume_cfg(**kw):

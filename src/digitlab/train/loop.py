@@ -411,6 +411,9 @@ class Trainer:
         state.epoch += 1
         state.batch = 0
         state.epoch_loss_sum = state.epoch_correct = state.epoch_count = state.epoch_seconds = 0.0
+        # the running sums too: the epoch-end save below copies them into the state, and the next epoch
+        # would start from this one's (its train_loss/accuracy a mean over the run so far)
+        self._reset_accumulators()
         state.history.append(metrics)
         self.emit("epoch_end", metrics=metrics)
         if state.epoch < cfg.epochs and self.stop_reason is None:
