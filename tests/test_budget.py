@@ -68,7 +68,7 @@ def test_equal_time_budget(small, tmp_path):
     """Two models of very different step cost, one 3 s budget: both train about 3 s, with the schedule
     ending at the budget's end and the step count written in the run's config."""
     budget = parse_budget("3s")
-    steps = {}
+    steps, runs = {}, {}
     for name in ("mlp-basic-128", "cnn-simple"):
         cfg = TrainConfig(model=name, tensorboard=False, val_max_images=200, bn_momentum=0.1, threads=1)
         plan = plan_budget(cfg, budget, small)
@@ -77,12 +77,79 @@ def test_equal_time_budget(small, tmp_path):
                         evaluate_test=False)
         seconds = run.metrics["train_seconds"] - run.metrics["val_seconds"]
         assert abs(seconds / budget.value - 1) <= TOLERANCE, (name, seconds, plan.note)
-        assert run.metrics["steps"] == plan.steps
         assert run.fit.history[-1]["lr"] < 0.01 * cfg.lr  # the one-cycle schedule completed
         saved = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
-        assert saved["max_steps"] == plan.steps and saved["budget"] == "3s"  # re-running repeats it
-        steps[name] = plan.steps
+        # the saved config is the run as it went: its step count, the plan it followed, no re-planning
+        assert saved["max_steps"] == run.metrics["steps"] and saved["budget"] == "3s"
+        assert saved["hold_budget"] is False and saved["step_plan"][0] == [0, plan.steps]
+        assert saved["step_plan"][-1][1] == run.metrics["steps"]
+        steps[name], runs[name] = run.metrics["steps"], run
     assert steps["mlp-basic-128"] > steps["cnn-simple"]  # same time, different step rates
+    # re-running the saved config repeats the run step for step, whatever the machine does now
+    again = train_run(TrainConfig.from_yaml(tmp_path / "mlp-basic-128" / "config.yaml"), None, dataset=small,
+                      progress=False, evaluate_test=False)
+    first = runs["mlp-basic-128"]
+    assert again.metrics["steps"] == first.metrics["steps"]
+    assert [h["lr"] for h in again.fit.history] == [h["lr"] for h in first.fit.history]
+    assert again.fit.history[-1]["train_loss"] == pytest.approx(first.fit.history[-1]["train_loss"], rel=1e-5)
+
+
+def test_a_run_holds_its_time_budget_when_the_machine_slows_down(small, tmp_path):
+    """The warm-up's step time holds for the first third of the run; then every step takes 3 ms longer
+    (another job on the machine). The run re-plans its length and still ends near the budget, where a
+    fixed step count would overshoot it about twofold; the schedule still completes."""
+    import time
+
+    from digitlab.train.callbacks import LambdaCallback
+
+    budget = parse_budget("2s")
+    cfg = TrainConfig(model="mlp-basic-128", tensorboard=False, val_max_images=200, threads=1)
+    plan = plan_budget(cfg, budget, small)
+    planned = plan.steps
+    assert planned is not None and plan.changes["hold_budget"] is True
+
+    def slow(trainer, **_):
+        if trainer.state.step > planned // 3:
+            time.sleep(0.003)
+
+    run = train_run(cfg.override(**plan.changes), tmp_path / "held", dataset=small, progress=False,
+                    evaluate_test=False, callbacks=[LambdaCallback("slow", step_end=slow)])
+    seconds = run.metrics["train_seconds"] - run.metrics["val_seconds"]
+    assert abs(seconds / budget.value - 1) <= TOLERANCE, (seconds, planned, run.metrics["steps"])
+    assert run.metrics["steps"] < 0.75 * planned  # fewer steps than planned: they got slower
+    assert run.fit.history[-1]["lr"] < 0.01 * cfg.lr  # and the schedule still ran to its end
+    saved = yaml.safe_load((tmp_path / "held" / "config.yaml").read_text())
+    assert len(saved["step_plan"]) > 1 and saved["max_steps"] == run.metrics["steps"]
+
+
+def test_step_plan_is_continuous_and_ends_at_the_last_total():
+    from digitlab.train.schedules import StepPlan
+
+    assert [StepPlan([[0, 100]]).position(s) for s in (0, 37, 100)] == [0, 37, 100]
+    plan = StepPlan([[0, 100], [20, 60], [40, 90]])
+    positions = [plan.position(s) for s in range(90)]
+    assert positions[0] == 0 and positions[89] == pytest.approx(99)  # the run's last step ends the schedule
+    assert all(b > a for a, b in zip(positions, positions[1:], strict=False))  # monotone
+    # continuous: a step's advance changes at a re-plan point, the position does not jump
+    assert positions[20] == pytest.approx(20) and positions[21] - positions[20] == pytest.approx(79 / 39)
+    assert positions[41] - positions[40] == pytest.approx((99 - positions[40]) / 49)
+    # a run re-planned to stop at once (its budget is spent) takes its last step at the schedule's end
+    assert StepPlan([[0, 100], [30, 31]]).position(30) == pytest.approx(99)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"hold_budget": True, "max_steps": 10}, "time budget"),
+    ({"hold_budget": True, "max_steps": 10, "budget": "2epochs"}, "time budget"),
+    ({"hold_budget": True, "budget": "3s"}, "max_steps"),
+    ({"hold_budget": True, "budget": "3s", "max_steps": 10, "step_plan": [[0, 10]]}, "not both"),
+    ({"step_plan": [[0, 10], [5, 8]], "max_steps": 10}, "ends at 8"),
+    ({"step_plan": [[1, 10]], "max_steps": 10}, "start at"),
+    ({"step_plan": [[0, 10], [12, 8]], "max_steps": 8}, "start at"),
+    ({"step_plan": "soon", "max_steps": 8}, "pairs"),
+])
+def test_hold_budget_and_step_plan_are_validated(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(model="mlp-basic-128", **changes)
 
 
 def test_baseline_is_capped_to_a_time_budget(small):

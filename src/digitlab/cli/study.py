@@ -17,8 +17,9 @@ STUDY_EPILOG = """presets (--preset; default quick):
   full      the reference notebooks' own recipes, 3 seeds: hours on a CPU (meant for a GPU)
 
 budgets (--budget): a time (30s, 2m), passes over the training set (2epochs) or images seen (60000).
-A time budget is measured in a short warm-up per model and fixed as a step count in each run's
-config.yaml, so `digitlab train --config RUN/config.yaml` repeats a run exactly.
+A time budget is measured in a short warm-up per model and planned as a step count; each run holds
+the budget by re-planning its length from its own step times, and records the plan it followed in
+its config.yaml, so `digitlab train --config RUN/config.yaml` repeats a run exactly.
 
 examples:
   digitlab study --out studies/quick                                  # the quick preset

@@ -509,8 +509,8 @@ def build_alerts(study: Study, evals: list[RunEvaluation], comparison: Compariso
                 if abs(off) > BUDGET_TOLERANCE:
                     alerts.append(Alert("off-budget", row.model,
                                         f"{row.model} trained {row.train_seconds_mean:.1f} s for a {budget.label} "
-                                        f"budget ({off:+.0%}): the machine's speed changed between the warm-up "
-                                        f"that fixed its step count and the run"))
+                                        f"budget ({off:+.0%}): the machine's speed changed faster than the run "
+                                        f"could re-plan its step count"))
     if study.settings.dataset != "mnist" and not any(r.model.startswith("default") for r in comparison.models):
         alerts.append(Alert("reference", None, f"the shipped model was trained on MNIST, so it is not a reference "
                                                f"row in this {study.settings.dataset} study"))

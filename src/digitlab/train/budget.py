@@ -11,7 +11,12 @@ re-run of the saved config repeats the run step for step:
   on this machine, and the step count that fills the budget is written into the
   config (``max_steps``, ``eval_every_steps``, ``budget``). The budget counts the
   seconds spent in optimizer steps; validation (for learning curves) is measured
-  separately (``val_seconds``) and kept to a fraction of it.
+  separately (``val_seconds``) and kept to a fraction of it. A warm-up cannot foresee
+  the machine slowing down later in the run (cheap ~1 ms steps ran 30% slower for a
+  stretch of a 12 s run on a shared machine), so the run holds the budget
+  (``hold_budget``): it re-plans its step count from its own step times as it goes,
+  the schedule following continuously, and its saved config records the re-plan
+  points (``step_plan``), so a re-run still repeats it step for step.
 
 The scikit-learn baselines have no steps: under a time budget a small timed fit
 caps their work (``max_iter`` of logistic regression, ``n_estimators`` of the
@@ -49,6 +54,9 @@ EVAL_POINTS = 8
 EVAL_SHARE = 0.3
 #: Windows the warm-up's step times are split into; the step time is the median of their means.
 WARMUP_CHUNKS = 5
+#: How far a run holding a time budget may grow beyond its planned steps (a machine faster than in the
+#: warm-up); its ``epochs`` allow this many times the planned steps.
+HOLD_HEADROOM = 2.0
 
 
 @dataclass(frozen=True)
@@ -244,12 +252,15 @@ def plan_time(cfg: TrainConfig, budget: Budget, dataset: Any, *, device: str | N
         points = max(2, min(EVAL_POINTS, int(EVAL_SHARE * seconds / t_val)))
     steps = max(1, int(seconds / t_step))
     every = _eval_every(steps, points) if t_val > 0 else 0
-    changes = {"max_steps": steps, "epochs": max(1, math.ceil(steps / spe)), "budget": budget.label,
-               "eval_every_steps": every}
+    # the run holds the budget (re-plans its length from its own step times); ``epochs`` only caps
+    # how far it may grow if the machine turns out faster than in the warm-up
+    changes = {"max_steps": steps, "epochs": max(1, math.ceil(HOLD_HEADROOM * steps / spe)),
+               "budget": budget.label, "eval_every_steps": every, "hold_budget": True}
     return BudgetPlan(cfg.model, budget.label, changes, steps=steps, seconds_per_step=t_step,
                       seconds_per_validation=t_val, calibration_seconds=time.perf_counter() - t_start,
-                      note=f"{steps:,} steps ({steps / spe:.2f} epochs) at {t_step * 1e3:.1f} ms/step "
-                           f"measured in a {warm:.1f} s warm-up; validation every {every or '—'} steps")
+                      note=f"{steps:,} steps ({steps / spe:.2f} epochs) planned at {t_step * 1e3:.1f} ms/step "
+                           f"measured in a {warm:.1f} s warm-up, re-planned during the run to hold "
+                           f"{budget.label}; validation every {every or '—'} steps")
 
 
 #: Solver knob and default of each baseline that a time budget may cap.

@@ -131,7 +131,19 @@ class TrainConfig:
     budget: str | None = None
     """The training budget this run was given (``30s``, ``2epochs``, ``60000images``), for the record.
     The loop obeys ``max_steps``; a time budget was turned into ``max_steps`` by measuring the step
-    rate, so re-running this config repeats the run exactly."""
+    rate (and is held during the run with ``hold_budget``, whose saved config records the re-plans),
+    so re-running a finished run's config repeats the run exactly."""
+    hold_budget: bool = False
+    """Hold the time ``budget`` during the run: twenty times over the planned steps the loop re-plans
+    the step count from the seconds its optimizer steps have taken so far, so the run ends near the
+    budget even when the machine's speed drifts after the warm-up. The learning-rate schedule follows
+    the new end continuously (:class:`digitlab.train.schedules.StepPlan`). The run's saved config then
+    records what it did (``step_plan``, ``max_steps``, ``hold_budget: false``), so re-running it repeats
+    the run step for step. Needs a time ``budget`` and ``max_steps`` (the first plan); one process only."""
+    step_plan: list[list[int]] | None = None
+    """The ``[step, total_steps]`` re-plan points of a run that held a time budget, starting with
+    ``[0, first max_steps]``; ``max_steps`` is the last total. Written by the loop; give it to repeat
+    such a run exactly (not together with ``hold_budget``)."""
     tensorboard: bool = True
     """Write TensorBoard event files in the run directory (needs the ``digitlab[tensorboard]`` extra;
     without it training goes on and says once that TensorBoard logging is off)."""
@@ -223,10 +235,38 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._check_step_plan()
         needs_val = self.early_stopping or self.schedule == "plateau"
         uses_val = self.monitor.startswith("val") or self.plateau_monitor.startswith("val")
         if needs_val and uses_val and self.val_fraction == 0:
             raise ConfigError("early stopping / plateau on a val_* metric needs val_fraction > 0")
+
+    def _check_step_plan(self) -> None:
+        if self.hold_budget:
+            from digitlab.train.budget import parse_budget
+
+            if self.budget is None or parse_budget(self.budget).kind != "seconds":
+                raise ConfigError(f"hold_budget needs a time budget (budget: 30s), got {self.budget!r}")
+            if self.max_steps is None:
+                raise ConfigError("hold_budget needs max_steps (the step count planned for the budget)")
+            if self.step_plan is not None:
+                raise ConfigError("give hold_budget (re-plan during the run) or step_plan (repeat a run "
+                                  "that did), not both")
+        if self.step_plan is None:
+            return
+        try:
+            plan = [[int(s), int(t)] for s, t in self.step_plan]
+        except (TypeError, ValueError):
+            raise ConfigError(f"step_plan must be a list of [step, total_steps] pairs, got {self.step_plan!r}") \
+                from None
+        starts = [s for s, _ in plan]
+        if (not plan or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:], strict=False))
+                or any(t <= s for s, t in plan)):
+            raise ConfigError(f"step_plan must start at [0, total], with increasing steps each before its "
+                              f"total, got {self.step_plan!r}")
+        if self.max_steps != plan[-1][1]:
+            raise ConfigError(f"step_plan ends at {plan[-1][1]} steps but max_steps is {self.max_steps}")
+        self.step_plan = plan
 
     def _check_types(self) -> None:
         """Every scalar field has its declared type (ints are integers, floats finite numbers, bools

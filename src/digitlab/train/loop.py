@@ -36,7 +36,7 @@ from digitlab.models import train_settings
 from digitlab.models.forward import predict_logits
 from digitlab.train.callbacks import Callback
 from digitlab.train.config import TrainConfig
-from digitlab.train.schedules import lr_at
+from digitlab.train.schedules import StepPlan, lr_at
 from digitlab.train.state_io import load_state, save_state
 from digitlab.utils import resolve_device
 
@@ -69,6 +69,8 @@ class TrainState:
     epoch's ``epoch_seconds`` in the history covers the whole epoch, across saves and resumes."""
     history: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
+    step_plan: list[list[int]] | None = None
+    """The ``[step, total_steps]`` points of a run that holds a time budget (``hold_budget``)."""
 
 
 @dataclass
@@ -84,6 +86,8 @@ class FitResult:
 
 
 _FUSED_DEVICES = ("cpu", "cuda")
+#: Times over its first plan that a run holding a time budget re-plans its length.
+HOLD_CHECKS = 20
 
 
 def _fused_ok(params: list[nn.Parameter]) -> bool:
@@ -231,6 +235,18 @@ class Trainer:
         # a max_steps run is a complete short run: its schedule ends at max_steps
         self.total_steps = min(self.steps_per_epoch * cfg.epochs, cfg.max_steps or 1 << 62)
         self.state = TrainState()
+        # holding a time budget: re-plan the run's length from its own step times (one process only:
+        # ranks re-planning apart would wait for each other forever)
+        self.hold_seconds: float | None = None
+        if cfg.hold_budget and world_size == 1:
+            from digitlab.train.budget import parse_budget
+
+            self.hold_seconds = parse_budget(cfg.budget or "").value
+            self.state.step_plan = [[0, self.total_steps]]
+        elif cfg.step_plan is not None:
+            self.state.step_plan = [list(p) for p in cfg.step_plan]
+        self._plan: StepPlan | None = None
+        self._last_check = (0, 0.0)  # (step, step seconds) at the previous re-plan check
         self.stop_reason: str | None = None
         self.notes: dict[str, Any] = {}
         self._fresh = True
@@ -271,6 +287,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             _lay_out_like_params(self.optimizer)
         self.state = TrainState(**state["train_state"])
+        self._plan = None  # the resumed run's re-plan points, if it holds a time budget
         for cb in self.callbacks:
             if cb.name in state.get("callbacks", {}):
                 cb.load_state_dict(state["callbacks"][cb.name])
@@ -323,6 +340,8 @@ class Trainer:
             self.raw_model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         assert self.optimizer is not None, "gradient models have an optimizer"
         _lay_out_like_params(self.optimizer)
+        if self.hold_seconds is not None and self.state.step_plan is None:  # resumed from an older save
+            self.state.step_plan = [[0, self.total_steps]]
         self.emit("fit_start")
         try:
             while (self.state.epoch < cfg.epochs and not self.state.finished
@@ -339,6 +358,48 @@ class Trainer:
         self.save_resume()
         return FitResult(self.state.history, self.state.train_seconds, self.state.step,
                          self.state.epoch, self.stop_reason, self.notes, self.state.val_seconds)
+
+    # --- holding a time budget ----------------------------------------------
+    def _lr(self, step: int) -> float:
+        plan = self.state.step_plan
+        if plan is None:
+            return lr_at(self.config, step, self.steps_per_epoch, self.total_steps)
+        if self._plan is None or len(self._plan.points) != len(plan):
+            self._plan = StepPlan(plan)
+            self.total_steps = self._plan.total
+        return lr_at(self.config, self._plan.position(step), self.steps_per_epoch, self._plan.planned)
+
+    @property
+    def _hold_every(self) -> int:
+        assert self.state.step_plan is not None
+        return max(1, self.state.step_plan[0][1] // HOLD_CHECKS)
+
+    def _replan(self, step_seconds: float) -> None:
+        """Re-plan the run's end so its optimizer steps take ``hold_seconds`` in all: the steps left are
+        the seconds left at the step time since the previous check (the machine's speed now: a slower
+        stretch the warm-up could not foresee, or its end). Changes under 1% are not recorded."""
+        assert self.hold_seconds is not None and self.state.step_plan is not None
+        step = self.state.step
+        last_step, last_seconds = self._last_check
+        self._last_check = (step, step_seconds)
+        if step >= self.total_steps or step_seconds <= last_seconds or step <= last_step:
+            return
+        left = (self.hold_seconds - step_seconds) * (step - last_step) / (step_seconds - last_seconds)
+        total = min(step + max(1, round(left)), self.steps_per_epoch * self.config.epochs)
+        if abs(total - self.total_steps) <= 0.01 * self.total_steps:
+            return
+        self.state.step_plan.append([step, total])
+        self.total_steps = total
+
+    def followed_config(self) -> TrainConfig:
+        """The config that repeats this run step for step: for a run that held a time budget, its
+        re-plan points and final step count instead of ``hold_budget``."""
+        cfg, plan = self.config, self.state.step_plan
+        if not cfg.hold_budget or plan is None or self.hold_seconds is None:
+            return cfg
+        total = plan[-1][1]
+        return cfg.override(hold_budget=False, max_steps=total, step_plan=[list(p) for p in plan],
+                            epochs=max(1, -(-total // self.steps_per_epoch)))
 
     def _run_epoch(self) -> None:
         cfg, state, model = self.config, self.state, self.model
@@ -357,7 +418,7 @@ class Trainer:
             torch.default_generator.manual_seed(step_seed)
             if self.device.type == "cuda":
                 torch.cuda.manual_seed(step_seed)
-            state.lr = lr_at(cfg, state.step, self.steps_per_epoch, self.total_steps) * state.lr_scale
+            state.lr = self._lr(state.step) * state.lr_scale
             for group in optimizer.param_groups:
                 group["lr"] = state.lr
             if self.channels_last:
@@ -382,8 +443,11 @@ class Trainer:
             state.step += 1
             state.batch += 1
             self.emit("step_end", loss=loss.detach(), batch_size=n)
-            if cfg.max_steps is not None and state.step >= cfg.max_steps:
-                self.request_stop(f"max_steps={cfg.max_steps} reached")
+            if self.hold_seconds is not None and state.step % self._hold_every == 0:
+                self._replan(state.train_seconds + (time.perf_counter() - t0) - state.val_seconds)
+            limit = cfg.max_steps if state.step_plan is None else self.total_steps
+            if limit is not None and state.step >= limit:
+                self.request_stop(f"max_steps={limit} reached")
                 break
             if self.stop_reason is not None:  # a callback asked to stop mid-epoch
                 break

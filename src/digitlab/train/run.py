@@ -202,6 +202,11 @@ def _train_run(config: TrainConfig | None, out: str | os.PathLike[str] | None, *
     t0 = time.perf_counter()
     result = trainer.fit()
     total_seconds = time.perf_counter() - t0
+    followed = trainer.followed_config()
+    if followed is not config:  # a run that held a time budget: record the plan it followed
+        config = followed
+        if run_dir is not None and is_main:
+            write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
 
     model = trainer.raw_model.eval()
     calibration = _fit_calibration(model, trainer.val_split, config.eval_batch_size)
