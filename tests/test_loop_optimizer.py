@@ -76,3 +76,22 @@ def test_loaded_state_gets_the_parameters_channels_last_layout():
     _step(twin, reloaded, x, y)
     for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_only_where_the_device_computes_bf16(monkeypatch, native):
+    """amp (asked for, or a model's registered setting) autocasts to bfloat16 only on hardware with native
+    bf16; elsewhere (an AVX2 CPU, where bf16 convolutions were 10-50x slower) the run is float32 and says so."""
+    import digitlab.train.loop as loop
+    from digitlab.data.splits import DataSplits, Split
+
+    monkeypatch.setattr(loop, "native_bf16", lambda device: native)
+    images, labels = torch.zeros(8, 28, 28, dtype=torch.uint8), torch.zeros(8, dtype=torch.long)
+    splits = DataSplits(Split(images, labels), None, Split(images, labels))
+    for amp in (True, None):  # fast-cnn's registered setting is bf16 autocast
+        trainer = loop.Trainer(create_model("fast-cnn"), splits, TrainConfig(model="fast-cnn", amp=amp,
+                                                                            tensorboard=False))
+        assert trainer.amp is native
+        assert ("amp" in trainer.notes) is (not native)
+        with trainer._autocast():
+            assert torch.is_autocast_enabled("cpu") is native

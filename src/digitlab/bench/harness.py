@@ -47,9 +47,10 @@ RECIPES: dict[str, Recipe] = {
     "reference": Recipe("reference", REFERENCE.description, plain=REFERENCE),
     "fast": _shipped("fast", "fast-cnn", "digitlab engine, configs/fast-cnn.yaml: BN CNN (8/32 channels), resident "
                      "uint8 tensor, batch 256, Adam (0.8, 0.95) one-cycle to 0.025 over 190 steps (0.81 epoch), "
-                     "label smoothing 0.05, bf16 autocast, channels-last, MaxPool2x2"),
+                     "label smoothing 0.05, bf16 autocast (where the CPU has native bf16), channels-last, "
+                     "MaxPool2x2"),
     "best": _shipped("best", "best-cnn", "digitlab engine, configs/best-cnn.yaml: VGG-style BN CNN, 20 epochs, "
-                     "AdamW one-cycle 3e-3, label smoothing 0.1, strong augmentation, bf16 autocast; "
+                     "AdamW one-cycle 3e-3, label smoothing 0.1, strong augmentation, bf16 autocast (where native); "
                      "final epoch, no selection on test"),
 }
 
@@ -58,7 +59,8 @@ def machine_info() -> dict[str, Any]:
     from digitlab.utils import machine_summary
 
     m = machine_summary()
-    return {"cpu": m["cpu"], "cpu_count": m["cores"], "torch_threads": torch.get_num_threads(),
+    return {"cpu": m["cpu"], "cpu_count": m["cores"], "simd": m["simd"], "bf16_instructions": m["bf16_instructions"],
+            "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": m["python"],
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 

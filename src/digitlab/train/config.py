@@ -120,7 +120,8 @@ class TrainConfig:
     The notebook models use Keras' 0.99 (PyTorch momentum 0.01), whose running statistics need
     thousands of steps to settle: short runs want PyTorch's 0.1."""
     amp: bool | None = None
-    """Mixed precision: bfloat16 autocast (CPUs with AVX-512 BF16/AMX, CUDA GPUs that support it).
+    """Mixed precision: bfloat16 autocast (CPUs with AVX-512 BF16/AMX, CUDA GPUs that support it;
+    elsewhere the run trains in float32, where bf16 would be many times slower, and its metrics say so).
     None: the model's registered fastest setting (``digitlab.models.train_settings``), measured by
     ``digitlab bench zoo``; ``false`` forces float32."""
     checkpoint_every: int = 0

@@ -38,7 +38,7 @@ from digitlab.train.callbacks import Callback
 from digitlab.train.config import TrainConfig
 from digitlab.train.schedules import StepPlan, lr_at
 from digitlab.train.state_io import load_state, save_state
-from digitlab.utils import resolve_device
+from digitlab.utils import native_bf16, resolve_device
 
 __all__ = ["FitResult", "RESUME_FILE", "TrainState", "Trainer", "build_optimizer", "default_callbacks",
            "evaluate_split", "fit", "preserved_torch_state"]
@@ -203,7 +203,14 @@ class Trainer:
         # the model's fastest measured settings apply unless the config says otherwise
         name = getattr(model, "digitlab_name", None)  # set by create_model; absent for a hand-made module
         fastest = train_settings(name) if name is not None else None
-        self.amp = bool(cfg.amp if cfg.amp is not None else fastest is not None and fastest.amp)
+        amp = bool(cfg.amp if cfg.amp is not None else fastest is not None and fastest.amp)
+        # bf16 autocast only where the hardware computes bf16 natively; elsewhere it is far slower
+        # than float32, and fp16 would need loss scaling: train in float32 there, and say so
+        self.amp = amp and native_bf16(self.device)
+        self.notes: dict[str, Any] = {}
+        if amp and not self.amp:
+            self.notes["amp"] = (f"bfloat16 autocast off: {self.device.type} has no native bfloat16 "
+                                 f"(float32 instead)")
         self.channels_last = bool(cfg.channels_last if cfg.channels_last is not None
                                   else fastest is not None and fastest.channels_last)
         if self.channels_last:
@@ -248,7 +255,6 @@ class Trainer:
         self._plan: StepPlan | None = None
         self._last_check = (0, 0.0)  # (step, step seconds) at the previous re-plan check
         self.stop_reason: str | None = None
-        self.notes: dict[str, Any] = {}
         self._fresh = True
 
     # --- callbacks ------------------------------------------------------
@@ -550,10 +556,8 @@ class Trainer:
     def _autocast(self) -> Any:
         import contextlib
 
-        if not self.amp:
+        if not self.amp:  # off, or no native bfloat16 on this device (see __init__)
             return contextlib.nullcontext()
-        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return contextlib.nullcontext()  # fp16 would need loss scaling; stay in fp32
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _reduced_train_metrics(self) -> tuple[float, float]:
