@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 import digitlab.train.run as run_module
@@ -82,9 +83,14 @@ def test_report_files_and_numbers(study_dir):
     assert models["logreg"]["parameters"] == 7850
     for name in ("mlp-basic-128", "mlp-128-64", "cnn-simple"):  # gradient models: one step count per budget
         plan = saved["budget_plans"][f"{name}@2s"]
-        assert models[name]["steps"] == plan["steps"] >= 1
-        cfg = (out / "runs" / f"{name}-s0" / "config.yaml").read_text()
-        assert f"max_steps: {plan['steps']}" in cfg and "budget: 2s" in cfg
+        assert plan["steps"] >= 1
+        steps = []
+        for seed in (0, 1):  # each run held the budget from that plan, and its config says how
+            cfg = yaml.safe_load((out / "runs" / f"{name}-s{seed}" / "config.yaml").read_text())
+            assert cfg["budget"] == "2s" and not cfg["hold_budget"] and cfg["step_plan"][0] == [0, plan["steps"]]
+            assert cfg["max_steps"] == cfg["step_plan"][-1][1]
+            steps.append(cfg["max_steps"])
+        assert models[name]["steps"] == round(sum(steps) / 2)
     assert "max_iter" in saved["budget_plans"]["logreg@2s"]["note"]
     # the shipped model is a reference row with its own training budget, not a competitor
     ref = models[SHIPPED]
@@ -105,8 +111,9 @@ def test_report_files_and_numbers(study_dir):
     assert saved["explore"]["class_distribution"]["train"]["count"] == 4000
     for name in ("mlp-basic-128", "mlp-128-64", "cnn-simple"):  # validation every N steps: a curve
         curve = saved["learning_curves"][f"{name}-s0"]
-        assert len(curve) >= min(3, models[name]["steps"]) and curve == sorted(curve)
-        assert curve[-1][0] == models[name]["steps"]
+        steps = yaml.safe_load((out / "runs" / f"{name}-s0" / "config.yaml").read_text())["max_steps"]
+        assert len(curve) >= min(3, steps) and curve == sorted(curve)
+        assert curve[-1][0] == steps
     summary = (out / "summary.md").read_text()
     assert all(m in summary for m in models)
     assert summary.index("## Verdict") < summary.index("## Comparison")

@@ -248,6 +248,12 @@ def train_seconds(meta: dict[str, Any]) -> float | None:
     return float(seconds) - float(metrics.get("val_seconds") or 0.0)
 
 
+def _mean_or_none(values: list[Any]) -> float | None:
+    """Mean of the values that are not None (None if there are none)."""
+    known = [float(v) for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
 def seconds_per_epoch(meta: dict[str, Any]) -> float | None:
     """Measured seconds per step × steps per epoch. For the scikit-learn baselines (no steps), the fit time."""
     seconds, steps = train_seconds(meta), (meta.get("metrics") or {}).get("steps")
@@ -323,8 +329,11 @@ def compare_evaluations(evals: list[RunEvaluation], n_boot: int = 1000, alpha: f
             model=key, seeds=[r.seed for r in rows], accuracies=accs, accuracy_mean=ms["mean"],
             accuracy_std=ms["std"], ci_low=rows[0].ci_low, ci_high=rows[0].ci_high, parameters=rows[0].parameters,
             checkpoint_bytes=rows[0].checkpoint_bytes, train_seconds_mean=float(np.mean(tsec)) if tsec else None,
-            seconds_per_epoch=float(np.median(spe)) if spe else None, epochs_trained=rows[0].epochs_trained,
-            steps=rows[0].steps, budget=rows[0].budget, reference=rows[0].reference,
+            seconds_per_epoch=float(np.median(spe)) if spe else None, epochs_trained=_mean_or_none(
+                [r.epochs_trained for r in rows]),
+            # a run holding a time budget re-plans its length, so seeds differ: their mean
+            steps=None if (st := _mean_or_none([r.steps for r in rows])) is None else round(st),
+            budget=rows[0].budget, reference=rows[0].reference,
             trained_for=trained_for(ev0.meta),
             latency_ms_p50=sp.latency_ms_p50 if sp else None, latency_ms_low=sp.latency_ms_low if sp else None,
             latency_ms_high=sp.latency_ms_high if sp else None,
