@@ -57,8 +57,11 @@ def _machine(m: dict[str, Any] | None) -> str:
     if not m:
         return ""
     gpu = f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU"
-    return (f"Machine: {m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} torch "
-            f"threads, torch {m.get('torch', '?')}{gpu}.")
+    # the same CPU name covers hosts with and without bf16 instructions, which decide training speed
+    simd = f" ({m['simd']}, {'with' if m.get('bf16_instructions') else 'no'} bf16 instructions)" \
+        if m.get("simd") else ""
+    return (f"Machine: {m.get('cpu', '?')}{simd}, {m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} "
+            f"torch threads, torch {m.get('torch', '?')}{gpu}.")
 
 
 def render_data(r: dict[str, Any]) -> str:

@@ -56,7 +56,7 @@ class ZooSettings:
     """How one model was measured."""
 
     amp: bool
-    """Engine: bf16 autocast."""
+    """Engine: bf16 autocast, as run (off where the device has no native bf16, whatever is registered)."""
     channels_last: bool
     """Engine: channels-last weights and batches."""
     batch_size: int
@@ -313,7 +313,11 @@ def measure_variants(name: str, images_u8: torch.Tensor, labels: torch.Tensor, v
             times[key].append(engine_block(key, per_block + 1, block))
         times[PLAIN].append(plain_block(per_block + 1))
     first = next(iter(variants.values())).settings
-    settings = ZooSettings(amp=first.amp, channels_last=first.channels_last, batch_size=batch_size,
+    from digitlab.utils import native_bf16
+
+    # what the engine ran: its Trainer drops bf16 autocast where the device has no native bf16
+    settings = ZooSettings(amp=first.amp and native_bf16(dev), channels_last=first.channels_last,
+                           batch_size=batch_size,
                            optimizer=base_cfg.optimizer, grad_clip=base_cfg.grad_clip, l2_penalty=l2 is not None,
                            device=str(dev), threads=torch.get_num_threads(), steps=per_block * rounds,
                            rounds=rounds, warmup_steps=warmup)

@@ -12,8 +12,8 @@ re-run of the saved config repeats the run step for step:
   config (``max_steps``, ``eval_every_steps``, ``budget``). The budget counts the
   seconds spent in optimizer steps; validation (for learning curves) is measured
   separately (``val_seconds``) and kept to a fraction of it. A warm-up cannot foresee
-  the machine slowing down later in the run (cheap ~1 ms steps ran 30% slower for a
-  stretch of a 12 s run on a shared machine), so the run holds the budget
+  the machine slowing down (or speeding up) later in the run, which moves cheap ~1 ms
+  steps most, so the run holds the budget
   (``hold_budget``): it re-plans its step count from its own step times as it goes,
   the schedule following continuously, and its saved config records the re-plan
   points (``step_plan``), so a re-run still repeats it step for step.
