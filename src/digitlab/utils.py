@@ -193,7 +193,7 @@ def machine_summary() -> dict[str, Any]:
 def native_bf16(device: Any) -> bool:
     """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
     AVX-512 BF16 / AMX (oneDNN's bf16 kernels). Elsewhere bf16 autocast falls back to generic
-    convolution kernels that were 10-50× slower than float32 on an AVX2 CPU."""
+    convolution kernels, many times slower than float32 (on an AVX2 CPU, for example)."""
     import torch
 
     device = torch.device(device)

@@ -136,7 +136,7 @@ class TrainConfig:
     so re-running a finished run's config repeats the run exactly."""
     hold_budget: bool = False
     """Hold the time ``budget`` during the run: twenty times over the planned steps the loop re-plans
-    the step count from the seconds its optimizer steps have taken so far, so the run ends near the
+    the step count from the seconds left and its recent step time, so the run ends near the
     budget even when the machine's speed drifts after the warm-up. The learning-rate schedule follows
     the new end continuously (:class:`digitlab.train.schedules.StepPlan`). The run's saved config then
     records what it did (``step_plan``, ``max_steps``, ``hold_budget: false``), so re-running it repeats
